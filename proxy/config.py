@@ -1,0 +1,263 @@
+"""YAML configuration, validated into dataclasses.
+
+Every error names the key path (``pool.max_connections``) and what is wrong, so
+``mysql-pool-proxy check`` can tell an operator exactly which line to fix.
+The top level holds one ``backend`` and one ``pool`` today; the loader keeps them
+in a ``pools`` mapping so that several named pools can be added without breaking
+the single-pool form.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_PATH = "/etc/mysql-pool-proxy/config.yaml"
+AUTH_PLUGINS = ("mysql_native_password", "caching_sha2_password")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the key path it concerns."""
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    host: str = "127.0.0.1"
+    port: int = 3307
+    # Plugin named in the greeting; clients asking for the other one get an auth switch.
+    auth_plugin: str = "mysql_native_password"
+    # Clients that connect and do not finish the handshake within this many seconds are dropped.
+    handshake_timeout: float = 10.0
+    max_client_connections: int = 10000
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    host: str = "127.0.0.1"
+    port: int = 3306
+    user: str = ""
+    password: str = field(default="", repr=False)
+    password_file: str | None = None
+    unix_socket: str | None = None
+    # Schema a link opens with when the client names none.
+    database: str | None = None
+    # Collation id a backend link is opened with (45 = utf8mb4_general_ci).
+    collation: int = 45
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    name: str = "main"
+    max_connections: int = 5
+    queue_timeout: float = 10.0
+    connect_timeout: float = 5.0
+    # How many links may be connecting at once (no thundering herd after a restart).
+    max_concurrent_connects: int = 2
+    # COM_PING an idle link before reuse when it sat idle longer than this.
+    ping_after_idle: float = 30.0
+    # Close links idle longer than this (keep it below the server's wait_timeout).
+    idle_timeout: float = 300.0
+    # Close links older than this once they are idle.
+    max_lifetime: float = 3600.0
+    # Roll back and disconnect a client idle inside a transaction for longer (0: never).
+    idle_transaction_timeout: float = 0.0
+    # Seconds between reconnect attempts while the server is unreachable grow to this cap.
+    reconnect_backoff_max: float = 2.0
+
+
+@dataclass(frozen=True)
+class UserConfig:
+    user: str
+    password: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: ListenConfig
+    backend: BackendConfig
+    pool: PoolConfig
+    # Client accounts. Empty: clients log in with the backend account's own name and password.
+    users: tuple[UserConfig, ...] = ()
+    max_allowed_packet: int = 64 * 1024 * 1024
+    shutdown_timeout: float = 30.0
+    log_level: str = "info"
+    warnings: tuple[str, ...] = ()
+
+    def client_password(self, user: str) -> str | None:
+        """The password a client logging in as ``user`` must know, or None if unknown."""
+        if not self.users:
+            return self.backend.password if user == self.backend.user else None
+        for u in self.users:
+            if u.user == user:
+                return u.password
+        return None
+
+
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(value: str, path: str) -> str:
+    def sub(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{path}: environment variable {name} is not set")
+
+    return _ENV_RE.sub(sub, value)
+
+
+def _section(cls: type, raw: Any, path: str, warnings: list[str]) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping, got {type(raw).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    values: dict[str, Any] = {}
+    for key, val in raw.items():
+        kpath = f"{path}.{key}"
+        if key not in known:
+            raise ConfigError(f"{kpath}: unknown key (known: {', '.join(sorted(known))})")
+        values[key] = _coerce(known[key].type, val, kpath)
+    try:
+        return cls(**values)
+    except TypeError as e:  # a required field is missing
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def _coerce(type_name: Any, val: Any, path: str) -> Any:
+    t = str(type_name)
+    if isinstance(val, str):
+        val = _interpolate(val, path)
+    if t == "bool":
+        if isinstance(val, bool):
+            return val
+        raise ConfigError(f"{path}: expected true or false, got {val!r}")
+    if t == "int":
+        if isinstance(val, bool) or not isinstance(val, (int, str)):
+            raise ConfigError(f"{path}: expected an integer, got {val!r}")
+        try:
+            return int(val)
+        except ValueError:
+            raise ConfigError(f"{path}: expected an integer, got {val!r}") from None
+    if t == "float":
+        if isinstance(val, bool) or not isinstance(val, (int, float, str)):
+            raise ConfigError(f"{path}: expected a number of seconds, got {val!r}")
+        try:
+            return float(val)
+        except ValueError:
+            raise ConfigError(f"{path}: expected a number, got {val!r}") from None
+    if t in ("str", "str | None"):
+        if val is None and t == "str | None":
+            return None
+        if isinstance(val, (dict, list)) or val is None:
+            raise ConfigError(f"{path}: expected a string, got {val!r}")
+        return str(val)
+    raise ConfigError(f"{path}: unsupported type {t}")  # pragma: no cover - programming error
+
+
+def _read_password_file(path_str: str, key: str, warnings: list[str]) -> str:
+    p = Path(path_str)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"{key}: cannot read {path_str}: {e.strerror}") from None
+    if p.stat().st_mode & stat.S_IROTH:
+        warnings.append(f"{key}: {path_str} is world-readable; chmod 600 it")
+    return text.rstrip("\r\n")
+
+
+def parse(raw: Any, source: str = "<config>") -> Config:
+    """Validate a parsed YAML document into a Config."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping")
+    warnings: list[str] = []
+    known = {"listen", "backend", "pool", "users", "max_allowed_packet", "shutdown_timeout", "log_level"}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"{key}: unknown key (known: {', '.join(sorted(known))})")
+    listen = _section(ListenConfig, raw.get("listen"), "listen", warnings)
+    backend = _section(BackendConfig, raw.get("backend"), "backend", warnings)
+    pool = _section(PoolConfig, raw.get("pool"), "pool", warnings)
+
+    if backend.password_file:
+        if backend.password:
+            raise ConfigError("backend: give either password or password_file, not both")
+        backend = _replace(backend, password=_read_password_file(backend.password_file, "backend.password_file", warnings))
+    if not backend.user:
+        raise ConfigError("backend.user: required (the MySQL account the pool logs in with)")
+
+    users_raw = raw.get("users") or []
+    if not isinstance(users_raw, list):
+        raise ConfigError("users: expected a list of {user, password}")
+    users = []
+    for i, u in enumerate(users_raw):
+        uc = _section(UserConfig, u, f"users[{i}]", warnings)
+        users.append(uc)
+
+    _check(listen.auth_plugin in AUTH_PLUGINS, "listen.auth_plugin", f"must be one of {', '.join(AUTH_PLUGINS)}")
+    _check(0 < listen.port < 65536, "listen.port", "must be between 1 and 65535")
+    _check(listen.handshake_timeout > 0, "listen.handshake_timeout", "must be > 0")
+    _check(listen.max_client_connections > 0, "listen.max_client_connections", "must be > 0")
+    _check(0 < backend.port < 65536, "backend.port", "must be between 1 and 65535")
+    _check(0 < backend.collation < 2048, "backend.collation", "must be a collation id")
+    _check(pool.max_connections >= 1, "pool.max_connections", "must be at least 1")
+    _check(pool.queue_timeout > 0, "pool.queue_timeout", "must be > 0 seconds")
+    _check(pool.connect_timeout > 0, "pool.connect_timeout", "must be > 0 seconds")
+    _check(pool.max_concurrent_connects >= 1, "pool.max_concurrent_connects", "must be at least 1")
+    for key in ("ping_after_idle", "idle_timeout", "max_lifetime", "idle_transaction_timeout"):
+        _check(getattr(pool, key) >= 0, f"pool.{key}", "must be >= 0 (0 disables it)")
+    _check(pool.reconnect_backoff_max > 0, "pool.reconnect_backoff_max", "must be > 0")
+
+    max_packet = _coerce("int", raw.get("max_allowed_packet", 64 * 1024 * 1024), "max_allowed_packet")
+    _check(max_packet >= 1024, "max_allowed_packet", "must be at least 1024 bytes")
+    shutdown = _coerce("float", raw.get("shutdown_timeout", 30.0), "shutdown_timeout")
+    _check(shutdown >= 0, "shutdown_timeout", "must be >= 0")
+    level = str(raw.get("log_level", "info")).lower()
+    _check(level in ("debug", "info", "warning", "error"), "log_level", "must be debug, info, warning or error")
+    if listen.host not in ("127.0.0.1", "localhost", "::1"):
+        warnings.append(f"listen.host: {listen.host} is not loopback; clients from other hosts can reach the proxy")
+    return Config(
+        listen=listen,
+        backend=backend,
+        pool=pool,
+        users=tuple(users),
+        max_allowed_packet=max_packet,
+        shutdown_timeout=shutdown,
+        log_level=level,
+        warnings=tuple(warnings),
+    )
+
+
+def _replace(obj: Any, **changes: Any) -> Any:
+    from dataclasses import replace
+
+    return replace(obj, **changes)
+
+
+def _check(ok: bool, path: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(f"{path}: {problem}")
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a YAML file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return parse(raw, str(path))
