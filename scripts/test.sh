@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Run the whole test suite on a fresh Debian/Ubuntu machine or a prepared one.
+#
+#   bash scripts/test.sh [pytest args...]
+#
+# 1. Installs MariaDB server + client (and sysbench for bench/) with apt-get, only when the
+#    binaries are missing: the suite starts its own private server and needs them.
+# 2. Creates (or reuses) a virtualenv in .venv and installs the project with its test extras;
+#    the install is skipped while pyproject.toml is unchanged, so a prepared machine needs no network.
+# 3. Runs pytest and exits with its status. "No tests collected" (pytest's 5) counts as a failure:
+#    a run that tested nothing must not look green.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+REPO_ROOT=$(pwd)
+VENV="$REPO_ROOT/.venv"
+
+say() { printf '[test.sh] %s\n' "$*" >&2; }
+
+# The server lives in /usr/sbin on Debian, which is not on every PATH.
+have() {
+    command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/local/sbin/$1" ]
+}
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        say "need root for: $*"
+        exit 1
+    fi
+}
+
+apt_install() {
+    if ! command -v apt-get >/dev/null 2>&1; then
+        say "apt-get not found; install these by hand: $*"
+        exit 1
+    fi
+    say "installing with apt-get: $*"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
+}
+
+if ! { have mariadbd || have mysqld; } || ! { have mariadb || have mysql; } || ! have mariadb-install-db; then
+    apt_install mariadb-server mariadb-client sysbench
+else
+    say "MariaDB binaries present; no system packages to install"
+fi
+
+# An interpreter new enough for the project (requires-python >= 3.11).
+pick_python() {
+    local py
+    for py in "${PYTHON:-}" python3 python3.13 python3.12 python3.11; do
+        [ -n "$py" ] || continue
+        if command -v "$py" >/dev/null 2>&1 &&
+            "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then
+            command -v "$py"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# A venv whose interpreter vanished (e.g. a removed pyenv version) is rebuilt, not trusted.
+if [ -d "$VENV" ] && ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
+    say "removing broken virtualenv $VENV"
+    rm -rf "$VENV"
+fi
+if [ ! -d "$VENV" ]; then
+    if ! PY=$(pick_python); then
+        apt_install python3 python3-venv
+        PY=$(pick_python) || { say "no Python >= 3.11 available"; exit 1; }
+    fi
+    say "creating virtualenv $VENV with $PY"
+    if ! "$PY" -m venv "$VENV"; then
+        # Debian splits ensurepip into python3-venv.
+        rm -rf "$VENV"
+        apt_install python3-venv
+        "$PY" -m venv "$VENV"
+    fi
+fi
+
+# Reinstall only when the dependency list changed; the editable install tracks code changes itself.
+STAMP="$VENV/.mysql-pool-proxy-installed"
+WANT=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ] ||
+    ! "$VENV/bin/python" -c 'import pytest, pytest_asyncio, pymysql, yaml, hypothesis' >/dev/null 2>&1; then
+    say "installing the project and its test dependencies into $VENV"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test,speed]'
+    echo "$WANT" >"$STAMP"
+else
+    say "virtualenv up to date"
+fi
+
+say "running: pytest -q $*"
+set +e
+"$VENV/bin/python" -m pytest -q "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+    say "pytest collected no tests: failing, a run that tests nothing is not a pass"
+    exit 1
+fi
+exit "$rc"
