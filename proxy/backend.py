@@ -1,0 +1,392 @@
+"""One backend link: connect, authenticate, run the proxy's own commands, relay responses.
+
+A link has three modes. While the proxy talks to the server itself (connect,
+ping, reset, state replay) it reads whole packets (``PacketReader``). While it
+serves a client command it is a relay: received chunks go through the
+``PacketScanner`` and the ``ResponseTracker`` straight to the client's
+transport, with no await per packet. While it sits idle in the pool any byte
+or EOF from the server means the link is dead (wait_timeout, KILL, shutdown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from .config import BackendConfig
+from .mysql import auth
+from .mysql.constants import BACKEND_CAPS, Cap, Command
+from .mysql.messages import (
+    AUTH_MORE_DATA,
+    AUTH_SWITCH,
+    ERR_HEADER,
+    OK_HEADER,
+    HandshakeResponse,
+    ServerError,
+    build_handshake_response,
+    parse_auth_switch,
+    parse_err,
+    parse_handshake,
+    read_lenenc_str,
+)
+from .mysql.packets import PacketReader, PacketScanner, ProtocolError, frame
+from .mysql.responses import DONE, INFILE, MORE, ResponseTracker
+from .session import CHARSET_VARIABLES, LinkState
+
+log = logging.getLogger("proxy.backend")
+
+# What every link asks the server to report in its OK packets.
+TRACKING_SETUP = (
+    b"SET session_track_schema=ON, session_track_state_change=ON, session_track_system_variables='*'"
+)
+LINK_FACTS = (
+    b"SELECT @@character_set_client, @@character_set_connection, @@character_set_results, "
+    b"@@collation_connection, @@wait_timeout, @@max_allowed_packet"
+)
+
+
+class LinkLost(Exception):
+    """The server closed the link or sent something the proxy cannot follow."""
+
+
+class RelaySink(Protocol):
+    """The side a relayed response goes to (a client connection)."""
+
+    def relay_chunks(self, chunks: Sequence[bytes | memoryview]) -> None: ...
+    def relay_done(self, link: BackendLink, event: int) -> None: ...
+    def relay_failed(self, link: BackendLink, error: Exception, received_any: bool) -> None: ...
+
+
+_IDLE, _EXCHANGE, _RELAY, _HELD = range(4)
+
+
+@dataclass
+class Reply:
+    """A response the proxy read for itself: the tracker's verdict and every payload."""
+
+    tracker: ResponseTracker
+    packets: list[bytes]
+
+
+@dataclass
+class LinkFacts:
+    server_version: str = ""
+    thread_id: int = 0
+    wait_timeout: int = 0
+    max_allowed_packet: int = 0
+
+
+class BackendLink(asyncio.Protocol):
+    """A connection from the proxy to the server."""
+
+    def __init__(self, found_rows: bool, on_idle_death: Callable[[BackendLink], None] | None = None) -> None:
+        self.found_rows = found_rows
+        self.facts = LinkFacts()
+        self.state = LinkState()
+        self.created = time.monotonic()
+        self.last_used = self.created
+        self.leased_by: int | None = None  # proxy id of the client holding it
+        self.closed = False
+        self.uses = 0  # statements served; tells whether a link was touched since a session used it
+        self.tracker = ResponseTracker()
+        self.transport: asyncio.Transport | None = None
+        self._on_idle_death = on_idle_death
+        self._mode = _EXCHANGE
+        self._reader = PacketReader()
+        self._packets: deque[tuple[int, bytes]] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._scanner = PacketScanner(self._inspect)
+        self._sink: RelaySink | None = None
+        self._event = MORE
+        self._received_any = False
+        self._lost: Exception | None = None
+
+    # -- asyncio.Protocol -------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        mode = self._mode
+        if mode == _RELAY:
+            self._received_any = True
+            try:
+                chunks = self._scanner.feed(data)
+            except ProtocolError as e:
+                self._relay_error(e)
+                return
+            if chunks:
+                self._sink.relay_chunks(chunks)  # type: ignore[union-attr]
+            if self._event != MORE:
+                self._relay_event()
+        elif mode == _EXCHANGE:
+            try:
+                self._packets.extend(self._reader.feed(data))
+            except ProtocolError as e:
+                self._fail(e)
+                return
+            self._wake()
+        else:
+            # Bytes while nobody asked: an error packet before the server closes
+            # an idle link (wait_timeout, KILL), or garbage. Either way it is done.
+            self._fail(LinkLost("server sent data on an idle link"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(LinkLost(f"server closed the link ({exc})" if exc else "server closed the link"))
+
+    def pause_writing(self) -> None:  # the server reads slower than a client sends (LOCAL INFILE)
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def _fail(self, error: Exception) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._lost = error
+        if self.transport is not None:
+            self.transport.abort()
+        mode = self._mode
+        if mode == _RELAY and self._sink is not None:
+            sink, self._sink = self._sink, None
+            sink.relay_failed(self, error, self._received_any)
+        elif mode == _IDLE and self._on_idle_death is not None:
+            self._on_idle_death(self)
+        self._wake()
+
+    def close(self, quit_first: bool = True) -> None:
+        """Close the link (politely with COM_QUIT when it is in a known state)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.transport is not None:
+            if quit_first:
+                self.transport.write(frame(bytes((Command.QUIT,)), 0))
+                self.transport.close()
+            else:
+                self.transport.abort()
+        self._wake()
+
+    def set_idle(self) -> None:
+        """The link went back to the pool: from now any byte from the server means it died."""
+        self._mode = _IDLE
+        self.leased_by = None
+        self.last_used = time.monotonic()
+
+    def set_held(self) -> None:
+        self._mode = _HELD
+
+    # -- packets for the proxy itself ---------------------------------------------
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def read_packet(self) -> tuple[int, bytes]:
+        while not self._packets:
+            if self.closed:
+                raise self._lost or LinkLost("link closed")
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._packets.popleft()
+
+    def write_packet(self, payload: bytes, seq: int) -> None:
+        if self.closed or self.transport is None:
+            raise self._lost or LinkLost("link closed")
+        self.transport.write(frame(payload, seq))
+
+    async def exchange(self, commands: Sequence[tuple[int, bytes]]) -> list[Reply]:
+        """Send commands pipelined (one round trip) and read each response.
+
+        Raises ServerError for the first ERR answer (the link stays usable) and
+        LinkLost when the link died.
+        """
+        self._mode = _EXCHANGE
+        if self.closed or self.transport is None:
+            raise self._lost or LinkLost("link closed")
+        self.transport.write(b"".join(frame(bytes((cmd,)) + arg, 0) for cmd, arg in commands))
+        results = []
+        error: ServerError | None = None
+        for cmd, _arg in commands:
+            tracker = ResponseTracker(client_caps=Cap.SESSION_TRACK)
+            tracker.start(cmd)
+            reply = Reply(tracker, [])
+            while True:
+                _seq, payload = await self.read_packet()
+                reply.packets.append(payload)
+                event, _ = tracker.feed(len(payload), memoryview(payload))
+                if event == DONE:
+                    break
+                if event == INFILE:
+                    self.write_packet(b"", 2)  # the proxy never sends files of its own
+            if tracker.error_code and error is None:
+                err = parse_err(reply.packets[-1])
+                error = ServerError(err.code, err.message, err.sqlstate)
+            results.append(reply)
+        if error is not None:
+            raise error
+        return results
+
+    # -- relay --------------------------------------------------------------------
+
+    def start_relay(self, payload: bytes, seq: int, command: int, sink: RelaySink, client_caps: int) -> None:
+        """Send a client's command and relay the response to ``sink``."""
+        self._sink = sink
+        self._mode = _RELAY
+        self._event = MORE
+        self._received_any = False
+        self._scanner.reset()
+        tracker = self.tracker
+        tracker.client_caps = client_caps
+        tracker.start(command)
+        self.uses += 1
+        if self.closed or self.transport is None:
+            err = self._lost or LinkLost("link closed")
+            self._sink = None
+            sink.relay_failed(self, err, False)
+            return
+        self.transport.write(frame(payload, seq))
+
+    def continue_relay(self, data: bytes) -> None:
+        """Pass bytes from the client through unchanged (LOCAL INFILE contents)."""
+        if not self.closed and self.transport is not None:
+            self.transport.write(data)
+
+    def _inspect(self, seq: int, length: int, payload: memoryview) -> bytes | None:
+        event, replacement = self.tracker.feed(length, payload)
+        if event != MORE:
+            self._event = event
+            self._scanner.stop()
+        return replacement
+
+    def _relay_event(self) -> None:
+        event = self._event
+        self._event = MORE
+        if event == DONE:
+            if self._scanner.rest:
+                self._relay_error(ProtocolError("server sent bytes after the end of a response"))
+                return
+            self._mode = _HELD
+            sink, self._sink = self._sink, None
+            sink.relay_done(self, DONE)  # type: ignore[union-attr]
+        elif event == INFILE:
+            self._sink.relay_done(self, INFILE)  # type: ignore[union-attr]
+
+    def _relay_error(self, error: Exception) -> None:
+        log.warning("link %d: %s; closing it", self.facts.thread_id, error)
+        self._fail(error)
+
+
+async def open_link(cfg: BackendConfig, *, found_rows: bool, timeout: float,
+                    on_idle_death: Callable[[BackendLink], None] | None = None) -> BackendLink:
+    """Connect, authenticate and set up session tracking. Raises ServerError / OSError / LinkLost."""
+    loop = asyncio.get_running_loop()
+
+    def factory() -> BackendLink:
+        return BackendLink(found_rows, on_idle_death)
+
+    async def connect() -> BackendLink:
+        if cfg.unix_socket:
+            _t, link = await loop.create_unix_connection(factory, cfg.unix_socket)
+        else:
+            _t, link = await loop.create_connection(factory, cfg.host, cfg.port)
+        try:
+            await _authenticate(link, cfg)
+            await _setup(link)
+        except BaseException:
+            link.close(quit_first=False)
+            raise
+        return link
+
+    return await asyncio.wait_for(connect(), timeout)
+
+
+async def _authenticate(link: BackendLink, cfg: BackendConfig) -> None:
+    _seq, payload = await link.read_packet()
+    hs = parse_handshake(payload)
+    link.facts.server_version = hs.server_version
+    link.facts.thread_id = hs.connection_id
+    caps = BACKEND_CAPS | (Cap.FOUND_ROWS if link.found_rows else 0)
+    caps &= hs.capabilities | Cap.LONG_PASSWORD | Cap.FOUND_ROWS
+    if not hs.capabilities & Cap.SESSION_TRACK:
+        raise ProtocolError("the server does not support CLIENT_SESSION_TRACK (MySQL 5.7+ / MariaDB 10.2+ needed)")
+    plugin = hs.auth_plugin if hs.auth_plugin in (auth.NATIVE, auth.CACHING_SHA2) else auth.NATIVE
+    scramble = hs.scramble
+    response = HandshakeResponse(
+        capabilities=caps,
+        max_packet=1 << 30,
+        collation=cfg.collation,
+        user=cfg.user,
+        auth_response=auth.client_response(plugin, cfg.password, scramble),
+        database=cfg.database,
+        auth_plugin=plugin,
+    )
+    link.write_packet(build_handshake_response(response), 1)
+    link.state.schema = cfg.database
+    while True:
+        seq, p = await link.read_packet()
+        if not p:
+            raise ProtocolError("empty packet during authentication")
+        head = p[0]
+        if head == OK_HEADER:
+            return
+        if head == ERR_HEADER:
+            err = parse_err(p)
+            raise ServerError(err.code, err.message, err.sqlstate)
+        if head == AUTH_SWITCH:
+            plugin, scramble = parse_auth_switch(p)
+            if plugin == auth.CLEAR:
+                raise ProtocolError("the server asks for a clear-text password; refused without TLS")
+            link.write_packet(auth.client_response(plugin, cfg.password, scramble), seq + 1)
+        elif head == AUTH_MORE_DATA and plugin == auth.CACHING_SHA2:
+            if p[1:2] == bytes((auth.FAST_AUTH_OK,)):
+                continue  # OK follows
+            if p[1:2] == bytes((auth.FULL_AUTH_NEEDED,)):
+                link.write_packet(bytes((auth.REQUEST_PUBLIC_KEY,)), seq + 1)
+                seq, key = await link.read_packet()
+                if not key or key[0] != AUTH_MORE_DATA:
+                    raise ProtocolError("expected the server's public key")
+                link.write_packet(auth.rsa_encrypt_password(cfg.password, scramble, key[1:]), seq + 1)
+            else:
+                raise ProtocolError("unexpected caching_sha2_password message")
+        else:
+            raise ProtocolError(f"unexpected packet 0x{head:02x} during authentication")
+
+
+async def _setup(link: BackendLink) -> None:
+    _setup_result, facts = await link.exchange([(Command.QUERY, TRACKING_SETUP), (Command.QUERY, LINK_FACTS)])
+    row = facts.packets[-2]  # column count, column defs, EOF, the row, EOF
+    values = []
+    pos = 0
+    for _ in range(6):
+        v, pos = read_lenenc_str(row, pos) if row[pos] != 0xFB else (b"", pos + 1)
+        values.append(v.decode())
+    for name, value in zip(CHARSET_VARIABLES, values[:4]):
+        link.state.variables[name] = value
+    link.facts.wait_timeout = int(values[4] or 0)
+    link.facts.max_allowed_packet = int(values[5] or 0)
+
+
+async def reset_link(link: BackendLink) -> None:
+    """Give a link back its connect-time state (a client that pinned it has left).
+
+    COM_RESET_CONNECTION rolls back, drops temporary tables, releases locks and
+    resets variables, including the session trackers, which are set up again.
+    """
+    link.set_held()
+    await link.exchange([(Command.RESET_CONNECTION, b"")])
+    schema = link.state.schema
+    link.state = LinkState(schema=schema)
+    await _setup(link)

@@ -1,0 +1,608 @@
+"""One client connection: greeting, authentication, the command loop, lease / pin / release.
+
+The common command runs without a single await: an idle link is taken from the
+pool, the command written, the response relayed by the link's protocol
+callbacks, and the link given back when the response ends. Only the slow
+paths (queueing for a link, replaying session state, retrying on a dead link,
+resetting a link a departed client pinned) run as tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from .backend import BackendLink, LinkLost, reset_link
+from .mysql import auth
+from .mysql.constants import DEFAULT_COLLATION, SERVER_CAPS, SERVER_VERSION, Cap, Command, Err, Status
+from .mysql.messages import (
+    OK,
+    Handshake,
+    ServerError,
+    build_auth_switch,
+    build_eof,
+    build_err,
+    build_handshake,
+    build_ok,
+    parse_handshake_response,
+    read_nul_str,
+)
+from .mysql.packets import PacketReader, ProtocolError, frame
+from .mysql.responses import DONE, INFILE, NO_RESPONSE, TRACKED
+from .pool import PoolTimeout
+from .session import PIN_PREPARED, PIN_TRANSACTION, LinkState, Session, mark_replayed, replay_commands
+from .sql import Classified, Kind, classify, rewrite_connection_id
+
+if TYPE_CHECKING:
+    from .server import ProxyServer
+
+log = logging.getLogger("proxy.client")
+
+POOL_BUSY = 9001  # queue_timeout reached: the pool could not lend a link in time
+_GREETING, _AUTH_SWITCHED, _COMMAND, _INFILE, _CLOSED = range(5)
+MAX_PIPELINED = 16  # commands queued from one client before its socket is paused
+
+
+class ClientConnection(asyncio.Protocol):
+    def __init__(self, server: ProxyServer) -> None:
+        self.server = server
+        self.pool = server.pool
+        self.proxy_id = server.next_client_id()
+        self.peer = "?"
+        self.transport: asyncio.Transport | None = None
+        self.session: Session | None = None
+        self.link: BackendLink | None = None  # held while a command runs or while pinned
+        self.busy = False
+        self.connected_at = time.monotonic()
+        self.idle_since = self.connected_at
+        self._phase = _GREETING
+        self._reader = PacketReader(max_payload=server.config.max_allowed_packet)
+        self._pending: deque[tuple[int, bytes]] = deque()
+        self._scramble = auth.new_scramble()
+        self._auth_plugin = server.config.listen.auth_plugin
+        self._auth_user = ""
+        self._auth_db: str | None = None
+        self._auth_collation = DEFAULT_COLLATION
+        self._auth_caps = 0
+        self._handshake_timer: asyncio.TimerHandle | None = None
+        self._current: tuple[int, bytes, int, Classified | None] | None = None  # seq, payload, cmd, stmt
+        self._retried = False
+        self._fresh_link = False
+        self._paused_reading = False
+        self._deferred_error: tuple[int, str] | None = None
+        self.statements = 0
+
+    # -- asyncio.Protocol ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
+        self.server.clients[self.proxy_id] = self
+        if len(self.server.clients) > self.server.config.listen.max_client_connections:
+            self._fatal(Err.CON_COUNT, "Too many connections (mysql-pool-proxy max_client_connections reached)", seq=0)
+            return
+        greeting = Handshake(
+            server_version=self.pool.server_version or SERVER_VERSION,
+            connection_id=self.proxy_id,
+            scramble=self._scramble,
+            capabilities=SERVER_CAPS,
+            collation=DEFAULT_COLLATION,
+            status=Status.AUTOCOMMIT,
+            auth_plugin=self._auth_plugin,
+        )
+        self._write(frame(build_handshake(greeting), 0))
+        loop = asyncio.get_running_loop()
+        self._handshake_timer = loop.call_later(self.server.config.listen.handshake_timeout, self._handshake_expired)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            packets = self._reader.feed(data)
+        except ProtocolError as e:
+            log.warning("client %d (%s): %s; closing", self.proxy_id, self.peer, e)
+            self._fatal(e.code, str(e), seq=0)
+            return
+        for seq, payload in packets:
+            phase = self._phase
+            if phase == _COMMAND:
+                self._pending.append((seq, payload))
+            elif phase == _INFILE:
+                self._infile_packet(seq, payload)
+            elif phase in (_GREETING, _AUTH_SWITCHED):
+                self._auth_packet(seq, payload)
+            else:
+                return
+        if self._pending and not self.busy:
+            self._run_pending()
+        if len(self._pending) > MAX_PIPELINED and not self._paused_reading and self.transport:
+            self._paused_reading = True
+            self.transport.pause_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._phase = _CLOSED
+        self.server.clients.pop(self.proxy_id, None)
+        if self._handshake_timer:
+            self._handshake_timer.cancel()
+        link, self.link = self.link, None
+        if link is None:
+            return
+        if self.busy and self._current is not None:
+            # Mid-response: the link's state is unknown. Never reuse it.
+            self.pool.discard(link)
+        elif self.session is not None and self.session.pinned:
+            self.server.spawn(self._reset_and_release(link))
+        else:
+            self.pool.release(link)
+        if self.session and self.session.pinned:
+            log.info("client %d left while pinned (%s); its link is reset before reuse",
+                     self.proxy_id, ", ".join(self.session.pins))
+
+    def pause_writing(self) -> None:
+        # The client reads slower than the server sends: stop reading the server.
+        if self.link is not None and self.link.transport is not None:
+            self.link.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.link is not None and self.link.transport is not None:
+            self.link.transport.resume_reading()
+
+    # -- output -----------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def send_error(self, code: int, message: str, seq: int) -> None:
+        self._write(frame(build_err(code, message), seq))
+
+    def _fatal(self, code: int, message: str, seq: int) -> None:
+        """Tell the client why, then close its connection."""
+        self.send_error(code, message, seq)
+        self._phase = _CLOSED
+        if self.transport is not None:
+            self.transport.close()
+
+    def _handshake_expired(self) -> None:
+        if self._phase in (_GREETING, _AUTH_SWITCHED):
+            log.info("client %d (%s): no login within handshake_timeout; closing", self.proxy_id, self.peer)
+            self._fatal(Err.HANDSHAKE, "Bad handshake: timed out", seq=0)
+
+    # -- authentication -------------------------------------------------------------
+
+    def _auth_packet(self, seq: int, payload: bytes) -> None:
+        try:
+            if self._phase == _GREETING:
+                self._handshake_response(seq, payload)
+            else:
+                self._check_password(seq, payload, self._auth_plugin)
+        except ProtocolError as e:
+            log.warning("client %d (%s): bad handshake: %s", self.proxy_id, self.peer, e)
+            self._fatal(Err.HANDSHAKE, f"Bad handshake: {e}", seq + 1)
+
+    def _handshake_response(self, seq: int, payload: bytes) -> None:
+        if len(payload) == 32 and int.from_bytes(payload[:4], "little") & Cap.SSL:
+            raise ProtocolError("TLS is not offered by this proxy")
+        resp = parse_handshake_response(payload)
+        self._auth_user = resp.user
+        self._auth_db = resp.database
+        self._auth_collation = resp.collation
+        self._auth_caps = resp.capabilities & SERVER_CAPS
+        plugin = resp.auth_plugin or auth.NATIVE
+        if plugin in (auth.NATIVE, auth.CACHING_SHA2) and (resp.auth_plugin or not resp.auth_response or plugin == self._auth_plugin):
+            self._auth_plugin = plugin
+            self._check_password(seq, resp.auth_response, plugin)
+            return
+        # The client used a plugin we do not speak: ask it to switch to ours.
+        self._phase = _AUTH_SWITCHED
+        self._write(frame(build_auth_switch(self._auth_plugin, self._scramble), seq + 1))
+
+    def _check_password(self, seq: int, response: bytes, plugin: str) -> None:
+        cfg = self.server.config
+        password = cfg.client_password(self._auth_user)
+        using = "YES" if response else "NO"
+        if password is None or not auth.verify(plugin, password, self._scramble, response):
+            log.warning("client %d (%s): access denied for user '%s'", self.proxy_id, self.peer, self._auth_user)
+            host = self.peer.rsplit(":", 1)[0]
+            self._fatal(Err.ACCESS_DENIED, f"Access denied for user '{self._auth_user}'@'{host}' (using password: {using})", seq + 1)
+            return
+        if plugin == auth.CACHING_SHA2 and password:
+            seq += 1
+            self._write(frame(bytes((0x01, auth.FAST_AUTH_OK)), seq))
+        self._phase = _COMMAND  # commands that arrive while the login finishes are queued
+        self.busy = True
+        self.server.spawn(self._finish_login(seq + 1))
+
+    async def _finish_login(self, seq: int) -> None:
+        """Create the session; check the schema the client named exists (as the server would)."""
+        db = self._auth_db or self.server.config.backend.database
+        self.session = Session(
+            proxy_id=self.proxy_id,
+            user=self._auth_user,
+            client_caps=self._auth_caps,
+            state=LinkState(schema=db, multi_statements=bool(self._auth_caps & Cap.MULTI_STATEMENTS)),
+        )
+        self.session.state.variables.update(self.server.charset_variables(self._auth_collation))
+        if self._handshake_timer:
+            self._handshake_timer.cancel()
+        if self._auth_db and self._auth_db not in self.server.known_schemas:
+            try:
+                link = await self.pool.acquire(self._key())
+            except PoolTimeout as e:
+                self._fatal(POOL_BUSY, e.message, seq)
+                return
+            try:
+                await link.exchange([(Command.INIT_DB, self._auth_db.encode())])
+                link.state.schema = self._auth_db
+                self.server.known_schemas.add(self._auth_db)
+            except ServerError as e:
+                self.pool.release(link)
+                self._fatal(e.code, e.message, seq)
+                return
+            except (LinkLost, OSError) as e:
+                self.pool.discard(link)
+                self._fatal(Err.SERVER_LOST, f"Lost connection to MySQL server at 'handshake' ({e})", seq)
+                return
+            self.pool.release(link)
+        if self._phase == _CLOSED:
+            return
+        log.debug("client %d (%s) logged in as %s", self.proxy_id, self.peer, self._auth_user)
+        self._write(frame(build_ok(OK(status=Status.AUTOCOMMIT), self._auth_caps), seq))
+        self._done()
+
+    # -- the command loop ---------------------------------------------------------------
+
+    def _key(self) -> bool:
+        return bool(self.session and self.session.client_caps & Cap.FOUND_ROWS)
+
+    def _run_pending(self) -> None:
+        while self._pending and not self.busy and self._phase == _COMMAND:
+            seq, payload = self._pending.popleft()
+            self._command(seq, payload)
+        if self._paused_reading and len(self._pending) <= MAX_PIPELINED // 2 and self.transport:
+            self._paused_reading = False
+            self.transport.resume_reading()
+
+    def _done(self) -> None:
+        """The current command is answered; go on with the next."""
+        self.busy = False
+        self._current = None
+        self.idle_since = time.monotonic()
+        if self._pending:
+            self._run_pending()
+
+    def _command(self, seq: int, payload: bytes) -> None:
+        session = self.session
+        assert session is not None
+        if not payload:
+            self._fatal(Err.NET_READ_ERROR, "Got an empty command packet", seq + 1)
+            return
+        cmd = payload[0]
+        if self._deferred_error is not None and cmd not in NO_RESPONSE:
+            code, message = self._deferred_error
+            self._deferred_error = None
+            self.send_error(code, message, seq + 1)
+            return
+        if cmd == Command.QUIT:
+            self._phase = _CLOSED
+            if self.transport:
+                self.transport.close()
+            return
+        if cmd == Command.PING:
+            self._write(frame(build_ok(OK(status=self._status()), session.client_caps), seq + 1))
+            return
+        if cmd == Command.SET_OPTION and len(payload) >= 3:
+            # Applied to whichever link serves the next statement (COM_SET_OPTION on lease).
+            session.set_multi_statements(int.from_bytes(payload[1:3], "little") == 0)
+            self._write(frame(build_eof(self._status()), seq + 1))
+            return
+        if cmd == Command.RESET_CONNECTION:
+            self.busy = True
+            self.server.spawn(self._reset_session(seq))
+            return
+        if cmd == Command.CHANGE_USER:
+            self.busy = True
+            self.server.spawn(self._change_user(seq, payload))
+            return
+        if cmd in NO_RESPONSE:
+            # STMT_CLOSE / SEND_LONG_DATA: meaningful only on the link that prepared the statement.
+            if self.link is not None and session.binary_statements:
+                self.link.write_packet(payload, seq)
+                if cmd == Command.STMT_CLOSE:
+                    session.binary_statements = max(0, session.binary_statements - 1)
+                    if not session.binary_statements:
+                        session.unpin(PIN_PREPARED)
+                        if not session.pinned:
+                            link, self.link = self.link, None
+                            self.pool.release(link)
+            return
+        if cmd not in TRACKED:
+            self.send_error(Err.UNKNOWN_COM, f"Unknown command {cmd} (not supported through mysql-pool-proxy)", seq + 1)
+            return
+        stmt = None
+        if cmd == Command.QUERY:
+            stmt = classify(payload[1:])
+            if stmt is not None:
+                if Kind.KILL in stmt.kind and self._kill(seq, stmt):
+                    return
+                if Kind.CONNECTION_ID in stmt.kind:
+                    payload = bytes((Command.QUERY,)) + rewrite_connection_id(payload[1:], self.proxy_id)
+        elif cmd in (Command.STMT_EXECUTE, Command.STMT_FETCH, Command.STMT_RESET) and self.link is None:
+            self.send_error(Err.UNKNOWN_STMT_HANDLER, "Unknown prepared statement handler given to mysqld_stmt_execute", seq + 1)
+            return
+        session.before_statement()
+        self.statements += 1
+        self.busy = True
+        self._retried = False
+        self._current = (seq, payload, cmd, stmt)
+        link = self.link
+        if link is None:
+            link = self.pool.try_acquire(self._key())
+            self._fresh_link = True
+            if link is not None and link.state != session.state:
+                self.link = link
+                link.leased_by = self.proxy_id
+                self.server.spawn(self._replay_and_send(link))
+                return
+        else:
+            self._fresh_link = False
+        if link is None:
+            self.server.spawn(self._lease_and_send())
+            return
+        self._send(link)
+
+    def _send(self, link: BackendLink) -> None:
+        assert self._current is not None and self.session is not None
+        seq, payload, cmd, _stmt = self._current
+        self.link = link
+        link.leased_by = self.proxy_id
+        link.start_relay(payload, seq, cmd, self, self.session.client_caps)
+
+    async def _lease_and_send(self) -> None:
+        assert self.session is not None
+        try:
+            link = await self.pool.acquire(self._key())
+        except PoolTimeout as e:
+            log.warning("client %d: %s", self.proxy_id, e.message)
+            self._answer_error(POOL_BUSY, e.message)
+            return
+        if self._phase == _CLOSED:
+            self.pool.release(link)
+            return
+        self.link = link
+        link.leased_by = self.proxy_id
+        self._fresh_link = True
+        if link.state != self.session.state:
+            await self._replay_and_send(link)
+        else:
+            self._send(link)
+
+    async def _replay_and_send(self, link: BackendLink) -> None:
+        """Bring the link to the session's state (one pipelined round trip), then send."""
+        assert self.session is not None
+        commands = replay_commands(self.session.state, link.state)
+        try:
+            if commands:
+                link.set_held()
+                await link.exchange(commands)
+            mark_replayed(self.session.state, link.state)
+        except ServerError as e:
+            # Part of the state may be applied: the link's state is unknown now.
+            self.link = None
+            self.pool.discard(link)
+            log.warning("client %d: restoring session state failed: %s", self.proxy_id, e)
+            self._answer_error(e.code, e.message)
+            return
+        except (LinkLost, OSError):
+            self.link = None
+            self.pool.discard(link)
+            await self._retry_or_fail(received_any=False)
+            return
+        if self._phase == _CLOSED:
+            self.link = None
+            self.pool.release(link)
+            return
+        self._send(link)
+
+    def _answer_error(self, code: int, message: str) -> None:
+        """Answer the current command with an error and go on."""
+        if self._current is not None:
+            self.send_error(code, message, self._current[0] + 1)
+        self._done()
+
+    # -- relay callbacks (called by the link's protocol) ---------------------------------
+
+    def relay_chunks(self, chunks: Sequence[bytes | memoryview]) -> None:
+        t = self.transport
+        if t is not None and not t.is_closing():
+            if len(chunks) == 1:
+                t.write(chunks[0])
+            else:
+                t.writelines(chunks)
+
+    def relay_done(self, link: BackendLink, event: int) -> None:
+        if event == INFILE:
+            self._start_infile(link)
+            return
+        assert event == DONE and self._current is not None and self.session is not None
+        _seq, _payload, cmd, stmt = self._current
+        tr = link.tracker
+        session = self.session
+        session.after_response(
+            cmd, tr.status, not tr.error_code, tr.error_code, tr.state_blocks, tr.unexplained_change,
+            tr.warnings, tr.insert_id, tr.cursor_open, stmt, link.state,
+        )
+        if cmd == Command.STMT_PREPARE and tr.prepare is not None:
+            session.binary_statements += 1
+            session.pin(PIN_PREPARED)
+        if tr.error_code in (Err.CONNECTION_KILLED, Err.SERVER_LOST):
+            # The server is closing this link; it will not serve another statement.
+            self.link = None
+            self.pool.discard(link)
+        elif session.pinned:
+            link.set_held()
+        else:
+            self.link = None
+            session.multiplexed += 1
+            self.pool.release(link)
+        self._done()
+
+    def relay_failed(self, link: BackendLink, error: Exception, received_any: bool) -> None:
+        self.link = None
+        self.pool.discard(link)
+        if self._phase == _CLOSED:
+            return
+        self.server.spawn(self._retry_or_fail(received_any))
+
+    async def _retry_or_fail(self, received_any: bool) -> None:
+        """A link died under a command. Retry only when it cannot have run."""
+        session = self.session
+        assert session is not None and self._current is not None
+        in_transaction = PIN_TRANSACTION in session.pins
+        if not received_any and self._fresh_link and not in_transaction and not session.pinned and not self._retried:
+            self._retried = True
+            log.info("client %d: link died before answering; sending the statement again on a new link", self.proxy_id)
+            await self._lease_and_send()
+            return
+        what = "the open transaction was rolled back" if in_transaction else "the statement may or may not have run"
+        lost_state = ", ".join(session.pins) or "none"
+        log.warning("client %d: link lost mid-command (%s; pinned for: %s)", self.proxy_id, what, lost_state)
+        session.pins.clear()
+        session.named_locks = 0
+        session.sql_prepared.clear()
+        session.binary_statements = 0
+        self._answer_error(Err.SERVER_LOST, f"Lost connection to MySQL server during query: the server closed the link; {what}. The next statement starts on a new connection")
+
+    # -- LOCAL INFILE ------------------------------------------------------------------------
+
+    def _start_infile(self, link: BackendLink) -> None:
+        assert self.session is not None
+        if not self.session.client_caps & Cap.LOCAL_FILES:
+            # The client cannot send files: answer the server with none; the response goes on.
+            link.write_packet(b"", 2)
+            return
+        self._phase = _INFILE
+
+    def _infile_packet(self, seq: int, payload: bytes) -> None:
+        link = self.link
+        if link is None:
+            return
+        link.continue_relay(frame(payload, seq))
+        if not payload:
+            self._phase = _COMMAND  # the server answers next; the relay is still on
+
+    # -- status and session commands -------------------------------------------------------
+
+    def _status(self) -> int:
+        s = Status.AUTOCOMMIT
+        if self.session is not None:
+            if self.session.state.variables.get("autocommit", "ON").upper() in ("OFF", "0"):
+                s = 0
+            if PIN_TRANSACTION in self.session.pins:
+                s |= Status.IN_TRANS
+        return s
+
+    async def _reset_and_release(self, link: BackendLink) -> None:
+        try:
+            await reset_link(link)
+        except (ServerError, LinkLost, OSError, ProtocolError) as e:
+            log.info("link %d could not be reset (%s); closing it", link.facts.thread_id, e)
+            self.pool.discard(link)
+            return
+        self.pool.release(link)
+
+    async def _drop_link_state(self) -> None:
+        """Forget everything the session held on its link (reset it, give it back)."""
+        link, self.link = self.link, None
+        if link is not None:
+            await self._reset_and_release(link)
+
+    async def _reset_session(self, seq: int) -> None:
+        session = self.session
+        assert session is not None
+        await self._drop_link_state()
+        schema = session.state.schema
+        session.state = LinkState(schema=schema, multi_statements=session.state.multi_statements)
+        session.state.variables.update(self.server.charset_variables(self._auth_collation))
+        session.pins.clear()
+        session.named_locks = 0
+        session.sql_prepared.clear()
+        session.binary_statements = 0
+        self._write(frame(build_ok(OK(status=Status.AUTOCOMMIT), session.client_caps), seq + 1))
+        self._done()
+
+    async def _change_user(self, seq: int, payload: bytes) -> None:
+        """COM_CHANGE_USER: authenticate again, then start a fresh session."""
+        try:
+            user, pos = read_nul_str(payload, 1)
+            if self.session and self.session.client_caps & Cap.SECURE_CONNECTION:
+                n = payload[pos]
+                response = payload[pos + 1 : pos + 1 + n]
+                pos += 1 + n
+            else:
+                response, pos = read_nul_str(payload, pos)
+            db, pos = read_nul_str(payload, pos)
+            collation = int.from_bytes(payload[pos : pos + 2], "little") if len(payload) >= pos + 2 else self._auth_collation
+            pos += 2
+            plugin = auth.NATIVE
+            if pos < len(payload):
+                name, pos = read_nul_str(payload, pos)
+                plugin = name.decode() or auth.NATIVE
+        except (ProtocolError, IndexError):
+            self._fatal(Err.HANDSHAKE, "Bad COM_CHANGE_USER packet", seq + 1)
+            return
+        await self._drop_link_state()
+        self._auth_user = user.decode(errors="replace")
+        self._auth_db = db.decode(errors="replace") or None
+        self._auth_collation = collation or self._auth_collation
+        self.session = None
+        self._phase = _GREETING
+        if plugin not in (auth.NATIVE, auth.CACHING_SHA2):
+            self._phase = _AUTH_SWITCHED
+            self._write(frame(build_auth_switch(self._auth_plugin, self._scramble), seq + 1))
+            return
+        self._auth_plugin = plugin
+        self._check_password(seq, response, plugin)
+
+    # -- KILL ---------------------------------------------------------------------------------
+
+    def _kill(self, seq: int, stmt: Classified) -> bool:
+        """KILL [QUERY] <proxy id>: act on the link serving that client. True if answered here."""
+        target = self.server.clients.get(stmt.kill_id or -1)
+        if target is None:
+            self.send_error(1094, f"Unknown thread id: {stmt.kill_id}", seq + 1)
+            return True
+        link = target.link
+        if link is None or not target.busy:
+            if not stmt.kill_query_only:
+                self.server.spawn(target.kill_connection())
+        self._write(frame(build_ok(OK(status=self._status()), self.session.client_caps if self.session else 0), seq + 1))
+        if link is not None and (target.busy or not stmt.kill_query_only):
+            self.server.spawn(self.server.kill_backend_thread(link.facts.thread_id, stmt.kill_query_only))
+        return True
+
+    async def kill_connection(self) -> None:
+        """Another client killed this one (KILL <our proxy id>)."""
+        if self.transport is not None:
+            self._fatal(Err.CONNECTION_KILLED, "Connection was killed", seq=0)
+
+    # -- janitor hooks ------------------------------------------------------------------------
+
+    async def end_idle_transaction(self) -> None:
+        """idle_transaction_timeout: roll the transaction back and give the link to others."""
+        session = self.session
+        if self.busy or session is None or self.link is None:
+            return
+        log.warning("client %d: idle in transaction for over %gs; rolling back", self.proxy_id,
+                    self.server.config.pool.idle_transaction_timeout)
+        self._deferred_error = (
+            Err.CONNECTION_KILLED,
+            "Transaction rolled back by mysql-pool-proxy: idle in transaction longer than idle_transaction_timeout",
+        )
+        self.busy = True
+        session.pins.clear()
+        await self._drop_link_state()
+        self._done()

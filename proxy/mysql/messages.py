@@ -1,0 +1,370 @@
+"""Payload codecs: length-encoded values, handshake, OK / ERR / EOF, auth switch.
+
+Pure functions over bytes; nothing here touches a socket.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from .constants import SQLSTATE, Cap, SessionTrack, Status
+from .packets import ProtocolError
+
+OK_HEADER = 0x00
+EOF_HEADER = 0xFE
+ERR_HEADER = 0xFF
+LOCAL_INFILE_HEADER = 0xFB
+AUTH_MORE_DATA = 0x01
+AUTH_SWITCH = 0xFE
+
+
+# -- length-encoded values ---------------------------------------------------
+
+
+def lenenc_int(n: int) -> bytes:
+    if n < 0xFB:
+        return bytes((n,))
+    if n < 1 << 16:
+        return b"\xfc" + n.to_bytes(2, "little")
+    if n < 1 << 24:
+        return b"\xfd" + n.to_bytes(3, "little")
+    return b"\xfe" + n.to_bytes(8, "little")
+
+
+def lenenc_str(s: bytes) -> bytes:
+    return lenenc_int(len(s)) + s
+
+
+def read_lenenc_int(buf: bytes | memoryview, pos: int) -> tuple[int | None, int]:
+    """Read a length-encoded integer at ``pos``; None stands for SQL NULL (0xFB)."""
+    try:
+        first = buf[pos]
+        if first < 0xFB:
+            return first, pos + 1
+        if first == 0xFB:
+            return None, pos + 1
+        if first == 0xFC:
+            return int.from_bytes(buf[pos + 1 : pos + 3], "little"), pos + 3
+        if first == 0xFD:
+            return int.from_bytes(buf[pos + 1 : pos + 4], "little"), pos + 4
+        if first == 0xFE:
+            if len(buf) < pos + 9:
+                raise ProtocolError("truncated length-encoded integer")
+            return int.from_bytes(buf[pos + 1 : pos + 9], "little"), pos + 9
+    except IndexError:
+        raise ProtocolError("truncated length-encoded integer") from None
+    raise ProtocolError("invalid length-encoded integer (0xFF)")
+
+
+def read_lenenc_str(buf: bytes | memoryview, pos: int) -> tuple[bytes, int]:
+    n, pos = read_lenenc_int(buf, pos)
+    n = n or 0
+    if pos + n > len(buf):
+        raise ProtocolError("truncated length-encoded string")
+    return bytes(buf[pos : pos + n]), pos + n
+
+
+def read_nul_str(buf: bytes | memoryview, pos: int) -> tuple[bytes, int]:
+    data = bytes(buf)
+    end = data.find(b"\x00", pos)
+    if end < 0:
+        raise ProtocolError("missing NUL terminator")
+    return data[pos:end], end + 1
+
+
+# -- handshake -----------------------------------------------------------------
+
+
+@dataclass
+class Handshake:
+    """Initial handshake packet (protocol 10), server to client."""
+
+    server_version: str
+    connection_id: int
+    scramble: bytes  # 20 bytes
+    capabilities: int
+    collation: int
+    status: int
+    auth_plugin: str
+
+
+def build_handshake(h: Handshake) -> bytes:
+    caps = h.capabilities
+    return b"".join(
+        (
+            b"\x0a",
+            h.server_version.encode() + b"\x00",
+            struct.pack("<I", h.connection_id & 0xFFFFFFFF),
+            h.scramble[:8],
+            b"\x00",
+            struct.pack("<H", caps & 0xFFFF),
+            bytes((h.collation & 0xFF,)),
+            struct.pack("<H", h.status),
+            struct.pack("<H", (caps >> 16) & 0xFFFF),
+            bytes((len(h.scramble) + 1,)),
+            b"\x00" * 10,
+            h.scramble[8:] + b"\x00",
+            h.auth_plugin.encode() + b"\x00",
+        )
+    )
+
+
+def parse_handshake(p: bytes) -> Handshake:
+    if not p:
+        raise ProtocolError("empty handshake")
+    if p[0] == ERR_HEADER:
+        err = parse_err(p, Cap.PROTOCOL_41)
+        raise ServerError(err.code, err.message, err.sqlstate)
+    if p[0] != 10:
+        raise ProtocolError(f"unsupported protocol version {p[0]}")
+    version, pos = read_nul_str(p, 1)
+    if len(p) < pos + 4 + 8 + 1 + 2:
+        raise ProtocolError("truncated handshake")
+    conn_id = struct.unpack_from("<I", p, pos)[0]
+    pos += 4
+    part1 = p[pos : pos + 8]
+    pos += 9
+    caps = struct.unpack_from("<H", p, pos)[0]
+    pos += 2
+    collation = status = data_len = 0
+    plugin = "mysql_native_password"
+    part2 = b""
+    if len(p) > pos:
+        collation = p[pos]
+        status, caps_hi = struct.unpack_from("<HH", p, pos + 1)
+        caps |= caps_hi << 16
+        data_len = p[pos + 5]
+        pos += 6 + 10
+        if caps & Cap.SECURE_CONNECTION:
+            n = max(13, data_len - 8)
+            part2 = p[pos : pos + n].rstrip(b"\x00")
+            pos += n
+        if caps & Cap.PLUGIN_AUTH and pos < len(p):
+            end = p.find(b"\x00", pos)
+            plugin = p[pos : end if end >= 0 else len(p)].decode()
+    return Handshake(version.decode(errors="replace"), conn_id, part1 + part2, caps, collation, status, plugin)
+
+
+@dataclass
+class HandshakeResponse:
+    """Handshake response 41, client to server."""
+
+    capabilities: int
+    max_packet: int
+    collation: int
+    user: str
+    auth_response: bytes
+    database: str | None = None
+    auth_plugin: str | None = None
+    attrs: dict[str, str] = field(default_factory=dict)
+
+
+SSL_REQUEST_SIZE = 32
+
+
+def build_handshake_response(r: HandshakeResponse) -> bytes:
+    caps = r.capabilities
+    if r.database:
+        caps |= Cap.CONNECT_WITH_DB
+    else:
+        caps &= ~Cap.CONNECT_WITH_DB
+    out = [
+        struct.pack("<IIB", caps, r.max_packet, r.collation),
+        b"\x00" * 23,
+        r.user.encode() + b"\x00",
+    ]
+    if caps & Cap.PLUGIN_AUTH_LENENC_CLIENT_DATA:
+        out.append(lenenc_str(r.auth_response))
+    else:
+        out.append(bytes((len(r.auth_response),)) + r.auth_response)
+    if r.database:
+        out.append(r.database.encode() + b"\x00")
+    if caps & Cap.PLUGIN_AUTH:
+        out.append((r.auth_plugin or "").encode() + b"\x00")
+    if caps & Cap.CONNECT_ATTRS:
+        kv = b"".join(lenenc_str(k.encode()) + lenenc_str(v.encode()) for k, v in r.attrs.items())
+        out.append(lenenc_str(kv))
+    return b"".join(out)
+
+
+def parse_handshake_response(p: bytes) -> HandshakeResponse:
+    if len(p) < SSL_REQUEST_SIZE:
+        raise ProtocolError("handshake response too short", 1043)
+    caps, max_packet, collation = struct.unpack_from("<IIB", p, 0)
+    if not caps & Cap.PROTOCOL_41:
+        raise ProtocolError("clients older than protocol 4.1 are not supported", 1043)
+    user, pos = read_nul_str(p, SSL_REQUEST_SIZE)
+    if caps & Cap.PLUGIN_AUTH_LENENC_CLIENT_DATA:
+        auth, pos = read_lenenc_str(p, pos)
+    elif caps & Cap.SECURE_CONNECTION:
+        if pos >= len(p):
+            raise ProtocolError("truncated handshake response", 1043)
+        n = p[pos]
+        auth = p[pos + 1 : pos + 1 + n]
+        pos += 1 + n
+    else:
+        auth, pos = read_nul_str(p, pos)
+    database = None
+    if caps & Cap.CONNECT_WITH_DB and pos < len(p):
+        db, pos = read_nul_str(p, pos)
+        database = db.decode(errors="replace") or None
+    plugin = None
+    if caps & Cap.PLUGIN_AUTH and pos < len(p):
+        name, pos = read_nul_str(p, pos)
+        plugin = name.decode(errors="replace")
+    attrs: dict[str, str] = {}
+    if caps & Cap.CONNECT_ATTRS and pos < len(p):
+        blob, pos = read_lenenc_str(p, pos)
+        i = 0
+        while i < len(blob):
+            k, i = read_lenenc_str(blob, i)
+            v, i = read_lenenc_str(blob, i)
+            attrs[k.decode(errors="replace")] = v.decode(errors="replace")
+    return HandshakeResponse(caps, max_packet, collation, user.decode(errors="replace"), bytes(auth), database, plugin, attrs)
+
+
+def build_auth_switch(plugin: str, data: bytes) -> bytes:
+    return bytes((AUTH_SWITCH,)) + plugin.encode() + b"\x00" + data + b"\x00"
+
+
+def parse_auth_switch(p: bytes) -> tuple[str, bytes]:
+    name, pos = read_nul_str(p, 1)
+    return name.decode(), p[pos:].rstrip(b"\x00")
+
+
+# -- OK / ERR / EOF ---------------------------------------------------------------
+
+
+@dataclass
+class OK:
+    affected_rows: int = 0
+    last_insert_id: int = 0
+    status: int = Status.AUTOCOMMIT
+    warnings: int = 0
+    info: bytes = b""
+    session_state: bytes = b""  # raw session-state-change block (without its length)
+
+
+def build_ok(ok: OK, caps: int) -> bytes:
+    head = (
+        b"\x00"
+        + lenenc_int(ok.affected_rows)
+        + lenenc_int(ok.last_insert_id)
+        + struct.pack("<HH", ok.status, ok.warnings)
+    )
+    if caps & Cap.SESSION_TRACK:
+        if ok.status & Status.SESSION_STATE_CHANGED:
+            return head + lenenc_str(ok.info) + lenenc_str(ok.session_state)
+        return head + lenenc_str(ok.info) if ok.info else head
+    return head + ok.info
+
+
+def parse_ok(p: bytes | memoryview, caps: int) -> OK:
+    """Parse an OK packet (header 0x00, or 0xFE when it stands for EOF)."""
+    affected, pos = read_lenenc_int(p, 1)
+    insert_id, pos = read_lenenc_int(p, pos)
+    if len(p) < pos + 4:
+        raise ProtocolError("truncated OK packet")
+    status, warnings = struct.unpack_from("<HH", p, pos)
+    pos += 4
+    info = state = b""
+    if caps & Cap.SESSION_TRACK:
+        if pos < len(p):
+            info, pos = read_lenenc_str(p, pos)
+            if status & Status.SESSION_STATE_CHANGED and pos < len(p):
+                state, pos = read_lenenc_str(p, pos)
+    else:
+        info = bytes(p[pos:])
+    return OK(affected or 0, insert_id or 0, status, warnings, info, state)
+
+
+def strip_session_track(p: bytes | memoryview) -> bytes:
+    """Re-encode an OK packet received with SESSION_TRACK for a client without it."""
+    ok = parse_ok(p, Cap.SESSION_TRACK)
+    ok.status &= ~Status.SESSION_STATE_CHANGED
+    ok.session_state = b""
+    return build_ok(ok, 0)
+
+
+@dataclass
+class SessionChanges:
+    """What one OK packet's session-state block says changed."""
+
+    variables: list[tuple[str, str]] = field(default_factory=list)
+    schema: str | None = None
+    state_changed: bool = False
+    other: list[int] = field(default_factory=list)  # entry types we do not interpret
+
+
+def parse_session_state(block: bytes) -> SessionChanges:
+    out = SessionChanges()
+    pos = 0
+    while pos < len(block):
+        kind = block[pos]
+        data, pos = read_lenenc_str(block, pos + 1)
+        if kind == SessionTrack.SYSTEM_VARIABLES:
+            name, i = read_lenenc_str(data, 0)
+            value, _ = read_lenenc_str(data, i)
+            out.variables.append((name.decode(errors="replace").lower(), value.decode(errors="replace")))
+        elif kind == SessionTrack.SCHEMA:
+            name, _ = read_lenenc_str(data, 0) if data else (b"", 0)
+            out.schema = name.decode(errors="replace")
+        elif kind == SessionTrack.STATE_CHANGE:
+            # MariaDB sends the flag bare ("1"); the MySQL docs describe it length-encoded.
+            out.state_changed = out.state_changed or data in (b"1", b"\x011")
+        else:
+            out.other.append(kind)
+    return out
+
+
+@dataclass
+class ERR:
+    code: int
+    message: str
+    sqlstate: str = "HY000"
+
+
+class ServerError(Exception):
+    """An ERR packet received where the proxy itself needed success."""
+
+    def __init__(self, code: int, message: str, sqlstate: str = "HY000") -> None:
+        super().__init__(f"({code}) {message}")
+        self.code = code
+        self.message = message
+        self.sqlstate = sqlstate
+
+
+def build_err(code: int, message: str, sqlstate: str | None = None) -> bytes:
+    """The one place error packets are made (always in the 4.1 format)."""
+    state = (sqlstate or SQLSTATE.get(code, "HY000")).encode()[:5]
+    return b"\xff" + struct.pack("<H", code) + b"#" + state + message.encode("utf-8", "replace")[:512]
+
+
+def parse_err(p: bytes | memoryview, caps: int = Cap.PROTOCOL_41) -> ERR:
+    if len(p) < 3:
+        raise ProtocolError("truncated ERR packet")
+    code = struct.unpack_from("<H", p, 1)[0]
+    pos = 3
+    state = "HY000"
+    if len(p) > 3 and p[3] == ord("#"):
+        state = bytes(p[4:9]).decode(errors="replace")
+        pos = 9
+    return ERR(code, bytes(p[pos:]).decode("utf-8", errors="replace"), state)
+
+
+def build_eof(status: int, warnings: int = 0) -> bytes:
+    return b"\xfe" + struct.pack("<HH", warnings, status)
+
+
+def is_eof(p: bytes | memoryview, length: int) -> bool:
+    """An EOF packet (not a row that starts with 0xFE, which is always 9+ bytes)."""
+    return length < 9 and p[0] == EOF_HEADER
+
+
+def parse_eof(p: bytes | memoryview) -> tuple[int, int]:
+    """(warnings, status) of an EOF packet."""
+    if len(p) < 5:
+        return 0, 0
+    warnings, status = struct.unpack_from("<HH", p, 1)
+    return warnings, status

@@ -1,0 +1,202 @@
+"""Packet framing: 3-byte little-endian length, 1-byte sequence id, payload.
+
+A payload of 0xFFFFFF bytes or more is split; a packet of exactly 0xFFFFFF bytes
+is always followed by another (possibly empty) one. Two readers share this:
+
+* ``PacketReader`` assembles whole logical payloads (client commands, the
+  connection phase): bytes in, ``(seq, payload)`` out.
+* ``PacketScanner`` walks a relayed byte stream, shows each packet's head to a
+  callback and leaves the bytes to be forwarded as they are; only packets the
+  callback rewrites are re-framed. This is the hot path: no copy of rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+MAX_PAYLOAD = 0xFFFFFF
+HEADER_SIZE = 4
+# Packets up to this size are handed whole to the scanner's callback; longer ones
+# (rows with big values) show only their first INSPECT_PREFIX bytes and stream on.
+SMALL_PACKET = 16 * 1024
+INSPECT_PREFIX = 64
+
+
+class ProtocolError(Exception):
+    """The peer sent bytes that are not a valid packet sequence."""
+
+    def __init__(self, message: str, code: int = 1158) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class PacketTooLarge(ProtocolError):
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"Got a packet bigger than 'max_allowed_packet' bytes ({size} > {limit})", 1153)
+        self.size = size
+
+
+def frame(payload: bytes | bytearray | memoryview, seq: int) -> bytes:
+    """Frame one logical payload into packets starting at ``seq``."""
+    n = len(payload)
+    if n < MAX_PAYLOAD:
+        return n.to_bytes(3, "little") + bytes((seq & 0xFF,)) + bytes(payload)
+    out = bytearray()
+    pos = 0
+    while True:
+        chunk = payload[pos : pos + MAX_PAYLOAD]
+        out += len(chunk).to_bytes(3, "little") + bytes((seq & 0xFF,)) + chunk
+        seq += 1
+        pos += len(chunk)
+        if len(chunk) < MAX_PAYLOAD:
+            return bytes(out)
+
+
+def frame_count(payload_len: int) -> int:
+    """How many packets ``frame`` makes of a payload of this length."""
+    return payload_len // MAX_PAYLOAD + 1
+
+
+@dataclass
+class PacketReader:
+    """Assembles complete logical payloads from a byte stream.
+
+    ``max_payload`` bounds memory: a client announcing more gets PacketTooLarge
+    before the bytes arrive.
+    """
+
+    max_payload: int = 1 << 30
+    _buf: bytearray = field(default_factory=bytearray)
+    _parts: list[bytes] = field(default_factory=list)
+    _parts_len: int = 0
+    _first_seq: int = -1
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        """Add bytes; return every payload now complete, as ``(first seq, payload)``."""
+        buf = self._buf
+        buf += data
+        out: list[tuple[int, bytes]] = []
+        pos = 0
+        end = len(buf)
+        while end - pos >= HEADER_SIZE:
+            length = buf[pos] | buf[pos + 1] << 8 | buf[pos + 2] << 16
+            if self._parts_len + length > self.max_payload:
+                raise PacketTooLarge(self._parts_len + length, self.max_payload)
+            if end - pos - HEADER_SIZE < length:
+                break
+            seq = buf[pos + 3]
+            body = bytes(buf[pos + HEADER_SIZE : pos + HEADER_SIZE + length])
+            pos += HEADER_SIZE + length
+            if self._first_seq < 0:
+                self._first_seq = seq
+            if length == MAX_PAYLOAD:
+                self._parts.append(body)
+                self._parts_len += length
+                continue
+            if self._parts:
+                self._parts.append(body)
+                body = b"".join(self._parts)
+                self._parts.clear()
+                self._parts_len = 0
+            out.append((self._first_seq, body))
+            self._first_seq = -1
+        if pos:
+            del buf[:pos]
+        return out
+
+    @property
+    def pending(self) -> int:
+        """Bytes held that do not yet make a complete payload."""
+        return len(self._buf) + self._parts_len
+
+
+# The callback of a scanner: (seq, payload length, payload or its prefix) ->
+# None to forward the packet as it is, or a replacement payload.
+Inspector = Callable[[int, int, memoryview], "bytes | None"]
+
+
+@dataclass
+class PacketScanner:
+    """Finds packet boundaries in a relayed stream without copying rows.
+
+    ``feed`` returns the bytes to forward now. Every packet's head is shown to
+    the inspector once: whole when it is small, else its first bytes (enough
+    to tell a row from an OK/EOF/ERR). Continuation packets of a split payload
+    are not shown. ``stop()`` from inside the inspector makes feed return at
+    that packet's end and keep the rest for the next ``feed(b"")``.
+    """
+
+    inspect: Inspector
+    _hold: bytearray = field(default_factory=bytearray)  # a partial packet head
+    _skip: int = 0  # body bytes of a long packet still to pass through
+    _continuing: bool = False  # the last packet was 0xFFFFFF long
+    _stopped: bool = False
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    def reset(self) -> None:
+        self._hold.clear()
+        self._skip = 0
+        self._continuing = False
+        self._stopped = False
+
+    @property
+    def rest(self) -> bytes:
+        """Bytes held back after stop() (belong to whatever comes next)."""
+        return bytes(self._hold)
+
+    def feed(self, data: bytes | bytearray) -> list[bytes | memoryview]:
+        if self._hold:
+            self._hold += data
+            data = self._hold
+            self._hold = bytearray()
+        self._stopped = False
+        out: list[bytes | memoryview] = []
+        view = memoryview(data)
+        end = len(data)
+        pos = 0
+        sent = 0  # view[sent:pos] is scanned and not yet put in out
+        skip = self._skip
+        while pos < end:
+            if skip:
+                n = min(skip, end - pos)
+                pos += n
+                skip -= n
+                continue
+            if end - pos < HEADER_SIZE:
+                break
+            length = data[pos] | data[pos + 1] << 8 | data[pos + 2] << 16
+            seq = data[pos + 3]
+            body = pos + HEADER_SIZE
+            if self._continuing:
+                self._continuing = length == MAX_PAYLOAD
+                skip = length
+                pos = body
+                continue
+            if length <= SMALL_PACKET:
+                if end - body < length:
+                    break
+                replacement = self.inspect(seq, length, view[body : body + length])
+                if replacement is not None:
+                    if pos > sent:
+                        out.append(view[sent:pos])
+                    out.append(frame(replacement, seq))
+                    sent = body + length
+                pos = body + length
+                if self._stopped:
+                    break
+                continue
+            if end - body < INSPECT_PREFIX:
+                break
+            self.inspect(seq, length, view[body : body + INSPECT_PREFIX])
+            self._continuing = length == MAX_PAYLOAD
+            skip = length
+            pos = body
+        self._skip = skip
+        if pos > sent:
+            out.append(view[sent:pos])
+        if pos < end:
+            self._hold = bytearray(view[pos:end])
+        return out

@@ -1,0 +1,219 @@
+"""Where one command's response ends: a small state machine fed packet heads.
+
+``ResponseTracker.feed`` is called by the relay for each packet the server
+sends (small packets whole, long ones as a prefix). It returns MORE, DONE or
+INFILE (the server asked the client for a LOCAL INFILE file: the client's
+packets must be relayed up to and including an empty one, then the response
+goes on with OK/ERR). Along the way it keeps what the pooler needs to decide:
+the last status flags, OK fields, session-state blocks, the error code.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from .constants import Cap, Command, Status
+from .messages import ERR_HEADER, LOCAL_INFILE_HEADER, OK_HEADER, parse_ok, read_lenenc_int, strip_session_track
+from .packets import ProtocolError
+
+MORE, DONE, INFILE = 0, 1, 2
+
+# States
+_FIRST = 0  # first packet of a (next) result: OK, ERR, LOCAL INFILE or column count
+_COLUMNS = 1  # column definitions, then EOF
+_ROWS = 2  # rows until EOF or ERR
+_PREPARE_PARAMS = 3
+_PREPARE_COLUMNS = 4
+_SINGLE = 5  # exactly one packet: OK / ERR / EOF / raw string
+_FIELD_LIST = 6  # column definitions until EOF or ERR
+_INFILE_ANSWER = 7  # after the client's file: OK / ERR (may be followed by more results)
+
+# Commands whose answer is one OK / ERR / EOF packet.
+_SINGLE_PACKET = frozenset(
+    {
+        Command.INIT_DB,
+        Command.PING,
+        Command.REFRESH,
+        Command.PROCESS_KILL,
+        Command.DEBUG,
+        Command.SET_OPTION,
+        Command.RESET_CONNECTION,
+        Command.STMT_RESET,
+        Command.STATISTICS,
+        Command.CREATE_DB,
+        Command.DROP_DB,
+        Command.SHUTDOWN,
+        Command.TIME,
+        Command.PROCESS_INFO,
+    }
+)
+# Commands the server never answers.
+NO_RESPONSE = frozenset({Command.QUIT, Command.STMT_CLOSE, Command.STMT_SEND_LONG_DATA})
+# Commands the tracker can follow (COM_CHANGE_USER is an auth exchange, handled apart).
+TRACKED = _SINGLE_PACKET | {Command.QUERY, Command.FIELD_LIST, Command.STMT_PREPARE, Command.STMT_EXECUTE, Command.STMT_FETCH}
+
+
+@dataclass
+class PrepareOK:
+    statement_id: int
+    num_columns: int
+    num_params: int
+    warnings: int
+
+
+@dataclass
+class ResponseTracker:
+    """Follows one command's response; reusable through ``start``."""
+
+    client_caps: int = 0  # the receiving client's; OKs are re-encoded when it lacks SESSION_TRACK
+    command: int = Command.QUERY
+    state: int = _FIRST
+    status: int = 0
+    warnings: int = 0
+    affected_rows: int = 0
+    insert_id: int = 0
+    error_code: int = 0
+    rows: int = 0
+    cursor_open: bool = False
+    prepare: PrepareOK | None = None
+    state_blocks: list[bytes] = field(default_factory=list)
+    unexplained_change: bool = False
+    _columns_left: int = 0
+    _columns_after: int = 0
+
+    def start(self, command: int) -> None:
+        self.command = command
+        self.state = _SINGLE if command in _SINGLE_PACKET else _FIELD_LIST if command == Command.FIELD_LIST else _ROWS if command == Command.STMT_FETCH else _FIRST
+        self.status = self.warnings = self.affected_rows = self.insert_id = self.error_code = self.rows = 0
+        self.cursor_open = False
+        self.prepare = None
+        self.state_blocks = []
+        self.unexplained_change = False
+
+    # The relay's hot path: one call per packet. Returns (event, replacement payload or None).
+    def feed(self, length: int, p: memoryview) -> tuple[int, bytes | None]:
+        state = self.state
+        first = p[0] if length else -1
+        if state == _ROWS:
+            if first == 0xFE and length < 9:
+                return self._eof(p), None
+            if first == ERR_HEADER:
+                return self._err(p), None
+            self.rows += 1
+            return MORE, None
+        if state == _FIRST or state == _INFILE_ANSWER:
+            if first == OK_HEADER:
+                return self._ok(p, length)
+            if first == ERR_HEADER:
+                return self._err(p), None
+            if state == _FIRST and first == LOCAL_INFILE_HEADER:
+                self.state = _INFILE_ANSWER
+                return INFILE, None
+            if state == _INFILE_ANSWER:
+                raise ProtocolError("unexpected packet after LOCAL INFILE data")
+            n, _ = read_lenenc_int(p, 0)
+            if not n:
+                raise ProtocolError("invalid column count")
+            self._columns_left = n
+            self.state = _COLUMNS
+            return MORE, None
+        if state == _COLUMNS:
+            if self._columns_left:
+                self._columns_left -= 1
+                return MORE, None
+            if first != 0xFE:
+                raise ProtocolError("missing EOF after column definitions")
+            _w, status = struct.unpack_from("<HH", p, 1)
+            self.status = status
+            if status & Status.CURSOR_EXISTS and self.command == Command.STMT_EXECUTE:
+                self.cursor_open = True
+                return DONE, None
+            self.state = _ROWS
+            return MORE, None
+        if state == _SINGLE:
+            if first == OK_HEADER:
+                return self._ok(p, length)
+            if first == ERR_HEADER:
+                return self._err(p), None
+            if first == 0xFE and length < 9:
+                return self._eof(p), None
+            return DONE, None  # COM_STATISTICS: a plain string
+        if state == _FIELD_LIST:
+            if first == 0xFE and length < 9:
+                return self._eof(p), None
+            if first == ERR_HEADER:
+                return self._err(p), None
+            return MORE, None
+        if state == _PREPARE_PARAMS or state == _PREPARE_COLUMNS:
+            if self._columns_left:
+                self._columns_left -= 1
+                return MORE, None
+            if first != 0xFE:
+                raise ProtocolError("missing EOF after prepared statement metadata")
+            if state == _PREPARE_PARAMS and self._columns_after:
+                self._columns_left = self._columns_after
+                self.state = _PREPARE_COLUMNS
+                return MORE, None
+            return DONE, None
+        raise ProtocolError(f"response tracker in unknown state {state}")  # pragma: no cover
+
+    def _ok(self, p: memoryview, length: int) -> tuple[int, bytes | None]:
+        if self.command == Command.STMT_PREPARE:
+            return self._prepare_ok(p)
+        ok = parse_ok(p, Cap.SESSION_TRACK)
+        self.status = ok.status
+        self.warnings = ok.warnings
+        self.affected_rows = ok.affected_rows
+        self.insert_id = ok.last_insert_id
+        if ok.status & Status.SESSION_STATE_CHANGED:
+            if ok.session_state:
+                self.state_blocks.append(ok.session_state)
+            else:
+                self.unexplained_change = True
+        replacement = None
+        # Anything past status and warnings is encoded differently for a client without SESSION_TRACK.
+        if not self.client_caps & Cap.SESSION_TRACK and (ok.info or ok.status & Status.SESSION_STATE_CHANGED):
+            replacement = strip_session_track(p)
+        if ok.status & Status.MORE_RESULTS_EXISTS:
+            self.state = _FIRST
+            return MORE, replacement
+        return DONE, replacement
+
+    def _prepare_ok(self, p: memoryview) -> tuple[int, bytes | None]:
+        if len(p) < 12:
+            raise ProtocolError("truncated COM_STMT_PREPARE response")
+        stmt_id, cols, params = struct.unpack_from("<IHH", p, 1)
+        warnings = struct.unpack_from("<H", p, 10)[0]
+        self.prepare = PrepareOK(stmt_id, cols, params, warnings)
+        self.warnings = warnings
+        if params:
+            self._columns_left = params
+            self._columns_after = cols
+            self.state = _PREPARE_PARAMS
+            return MORE, None
+        if cols:
+            self._columns_left = cols
+            self._columns_after = 0
+            self.state = _PREPARE_COLUMNS
+            return MORE, None
+        return DONE, None
+
+    def _eof(self, p: memoryview) -> int:
+        if len(p) >= 5:
+            self.warnings, self.status = struct.unpack_from("<HH", p, 1)
+        if self.status & Status.SESSION_STATE_CHANGED:
+            self.unexplained_change = True
+        if self.command == Command.STMT_FETCH:
+            self.cursor_open = not self.status & Status.LAST_ROW_SENT
+            return DONE
+        if self.status & Status.MORE_RESULTS_EXISTS and self.state == _ROWS:
+            self.state = _FIRST
+            return MORE
+        return DONE
+
+    def _err(self, p: memoryview) -> int:
+        self.error_code = struct.unpack_from("<H", p, 1)[0] if len(p) >= 3 else 0
+        if self.command == Command.STMT_FETCH:
+            self.cursor_open = False
+        return DONE

@@ -1,0 +1,240 @@
+"""One client's logical session: the state it expects, and the rules that pin it.
+
+A backend link carries a ``LinkState`` too. When a session leases a link whose
+state differs from the session's, ``replay_commands`` gives the commands that
+make them equal (sent pipelined, one round trip). After each response,
+``Session.after_response`` folds what the server reported into both states
+and decides whether the session must keep its link (pin) and why.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from .mysql.constants import MULTI_STATEMENTS_OFF, MULTI_STATEMENTS_ON, Cap, Command, Status
+from .mysql.messages import parse_session_state
+from .sql import Classified, Kind
+
+# The charset variables go first and in this order: setting a character set
+# resets the matching collation, so the collation must follow it.
+CHARSET_VARIABLES = ("character_set_client", "character_set_connection", "character_set_results", "collation_connection")
+_ORDER = {name: i for i, name in enumerate(CHARSET_VARIABLES)}
+
+# Variables whose "back to default" is not SET x = DEFAULT.
+RESET_VALUES = {"last_insert_id": "0"}
+
+# Tracked variables the proxy cannot replay safely: they drive the tracking
+# itself or describe a single statement. A change to one pins the session.
+NOT_REPLAYABLE = frozenset(
+    {
+        "session_track_system_variables",
+        "session_track_schema",
+        "session_track_state_change",
+        "session_track_transaction_info",
+        "insert_id",
+        "pseudo_thread_id",
+        "rand_seed1",
+        "rand_seed2",
+        "identity",
+        "in_transaction",
+        "warning_count",
+        "error_count",
+        "tx_read_only_next",
+    }
+)
+
+# Pin reasons. A reason names what the session holds; it ends as noted.
+PIN_TRANSACTION = "transaction"  # until the server reports no open transaction
+PIN_TABLE_LOCK = "LOCK TABLES"  # until UNLOCK TABLES
+PIN_NAMED_LOCK = "GET_LOCK"  # until every lock taken is released
+PIN_SQL_PREPARE = "SQL PREPARE"  # until every named statement is deallocated
+PIN_XA = "XA transaction"
+PIN_HANDLER = "HANDLER"  # until the client leaves
+PIN_CURSOR = "open cursor"
+PIN_PREPARED = "prepared statements"  # binary statements bound to this link
+PIN_STATE = "untracked session state"  # user variables, temporary tables ...: until the client leaves
+PIN_NEXT_STATEMENT = "answer for the next statement"  # warnings / FOUND_ROWS of the last statement
+PIN_NEXT_TRANSACTION = "SET TRANSACTION"  # characteristics of the next transaction
+
+
+@dataclass
+class LinkState:
+    """The replayable state of a link (or the state a session wants)."""
+
+    schema: str | None = None
+    variables: dict[str, str] = field(default_factory=dict)
+    multi_statements: bool = False
+
+    def copy(self) -> LinkState:
+        return LinkState(self.schema, dict(self.variables), self.multi_statements)
+
+
+# Variables the tracker reports as an empty string when they are NULL.
+NULLABLE = frozenset({"character_set_results"})
+
+
+def literal(value: str, name: str = "") -> str:
+    """SQL literal for a variable value as the tracker reported it."""
+    if not value and name in NULLABLE:
+        return "NULL"
+    if value.lstrip("-").replace(".", "", 1).isdigit():
+        return value
+    if "\\" in value:
+        # A hex string is read the same whatever NO_BACKSLASH_ESCAPES says.
+        return "_utf8mb4 X'" + value.encode().hex() + "'"
+    return "'" + value.replace("'", "''") + "'"
+
+
+def replay_commands(want: LinkState, have: LinkState) -> list[tuple[int, bytes]]:
+    """Commands that turn a link in state ``have`` into ``want``, in order."""
+    out: list[tuple[int, bytes]] = []
+    if want.schema != have.schema and want.schema:
+        out.append((Command.INIT_DB, want.schema.encode()))
+    assignments = []
+    names = set(want.variables) | set(have.variables)
+    # A collation the session does not name is its character set's default:
+    # setting character_set_connection gives exactly that.
+    force_charset = "collation_connection" not in want.variables and "collation_connection" in have.variables
+    for name in sorted(names, key=lambda n: (_ORDER.get(n, len(_ORDER)), n)):
+        value = want.variables.get(name)
+        if name == "collation_connection" and value is None:
+            continue
+        if value == have.variables.get(name) and not (force_charset and name == "character_set_connection"):
+            continue
+        if value is None:
+            reset = RESET_VALUES.get(name)
+            assignments.append(f"@@session.{name} = {reset if reset is not None else 'DEFAULT'}")
+        else:
+            assignments.append(f"@@session.{name} = {literal(value, name)}")
+    if assignments:
+        out.append((Command.QUERY, ("SET " + ", ".join(assignments)).encode()))
+    if want.multi_statements != have.multi_statements:
+        option = MULTI_STATEMENTS_ON if want.multi_statements else MULTI_STATEMENTS_OFF
+        out.append((Command.SET_OPTION, option.to_bytes(2, "little")))
+    return out
+
+
+def mark_replayed(want: LinkState, link: LinkState) -> None:
+    """After the replay commands succeeded the link holds the wanted state."""
+    if want.schema:
+        link.schema = want.schema
+    link.variables = dict(want.variables)
+    link.multi_statements = want.multi_statements
+
+
+@dataclass
+class Session:
+    """One client connection's logical session."""
+
+    proxy_id: int
+    user: str
+    client_caps: int
+    state: LinkState
+    pins: dict[str, float] = field(default_factory=dict)  # reason -> since (monotonic)
+    named_locks: int = 0
+    sql_prepared: set[str] = field(default_factory=set)
+    binary_statements: int = 0
+    multiplexed: int = 0  # times a link was given back between statements
+
+    @property
+    def pinned(self) -> bool:
+        return bool(self.pins)
+
+    def pin(self, reason: str) -> None:
+        self.pins.setdefault(reason, time.monotonic())
+
+    def unpin(self, reason: str) -> None:
+        self.pins.pop(reason, None)
+
+    def before_statement(self) -> None:
+        """A new statement begins: answers kept for the previous one are no longer needed."""
+        self.unpin(PIN_NEXT_STATEMENT)
+
+    def after_response(self, command: int, status: int, ok: bool, error_code: int, state_blocks: list[bytes],
+                       unexplained_change: bool, warnings: int, insert_id: int, cursor_open: bool,
+                       stmt: Classified | None, link: LinkState) -> None:
+        """Fold one complete response into the session and its link, and update pins."""
+        for block in state_blocks:
+            changes = parse_session_state(block)
+            if changes.schema is not None:
+                self.state.schema = link.schema = changes.schema or None
+            names = {name for name, _ in changes.variables}
+            if "character_set_connection" in names and "collation_connection" not in names:
+                # The server does not report the collation that SET NAMES reset to the charset's default.
+                self.state.variables.pop("collation_connection", None)
+                link.variables.pop("collation_connection", None)
+            for name, value in changes.variables:
+                link.variables[name] = value
+                if name in NOT_REPLAYABLE:
+                    self.pin(PIN_STATE)
+                else:
+                    self.state.variables[name] = value
+            explained = bool(changes.variables or changes.schema is not None or (
+                stmt is not None and stmt.kind & (Kind.PREPARE | Kind.DEALLOCATE)
+            ))
+            if stmt is not None and stmt.kind & (Kind.USER_VARIABLE | Kind.TEMPORARY_TABLE):
+                explained = False  # a variable change may ride along with these
+            if changes.state_changed and not explained:
+                unexplained_change = True
+            if changes.other:
+                unexplained_change = True
+        if unexplained_change:
+            self.pin(PIN_STATE)
+        if insert_id and ok:
+            # LAST_INSERT_ID() follows the link; replaying last_insert_id keeps it per session.
+            self.state.variables["last_insert_id"] = link.variables["last_insert_id"] = str(insert_id)
+
+        if status & Status.IN_TRANS:
+            self.pin(PIN_TRANSACTION)
+        else:
+            self.unpin(PIN_TRANSACTION)
+            if PIN_NEXT_TRANSACTION in self.pins and not (stmt and Kind.SET_TRANSACTION in stmt.kind):
+                self.unpin(PIN_NEXT_TRANSACTION)
+        if command == Command.QUERY and stmt is not None and not error_code:
+            self._statement_pins(stmt)
+        if cursor_open:
+            self.pin(PIN_CURSOR)
+        elif command in (Command.STMT_FETCH, Command.STMT_EXECUTE, Command.STMT_RESET):
+            self.unpin(PIN_CURSOR)
+        if warnings or (stmt is not None and Kind.CALC_FOUND_ROWS in stmt.kind):
+            self.pin(PIN_NEXT_STATEMENT)
+
+    def _statement_pins(self, stmt: Classified) -> None:
+        k = stmt.kind
+        if Kind.LOCK_TABLES in k:
+            self.pin(PIN_TABLE_LOCK)
+        if Kind.UNLOCK_TABLES in k:
+            self.unpin(PIN_TABLE_LOCK)
+        if Kind.GET_LOCK in k:
+            self.named_locks += 1
+            self.pin(PIN_NAMED_LOCK)
+        if Kind.RELEASE_LOCK in k:
+            self.named_locks = max(0, self.named_locks - 1)
+        if Kind.RELEASE_ALL_LOCKS in k:
+            self.named_locks = 0
+        if not self.named_locks:
+            self.unpin(PIN_NAMED_LOCK)
+        if Kind.PREPARE in k:
+            self.sql_prepared.update(stmt.names)
+        if Kind.DEALLOCATE in k:
+            self.sql_prepared.difference_update(stmt.names)
+        if self.sql_prepared:
+            self.pin(PIN_SQL_PREPARE)
+        else:
+            self.unpin(PIN_SQL_PREPARE)
+        if Kind.SET_TRANSACTION in k:
+            self.pin(PIN_NEXT_TRANSACTION)
+        if Kind.XA_START in k:
+            self.pin(PIN_XA)
+        if Kind.XA_END in k:
+            self.unpin(PIN_XA)
+        if Kind.HANDLER_OPEN in k:
+            self.pin(PIN_HANDLER)
+
+    def set_multi_statements(self, on: bool) -> None:
+        self.state.multi_statements = on
+        if on:
+            self.client_caps |= Cap.MULTI_STATEMENTS
+        else:
+            self.client_caps &= ~Cap.MULTI_STATEMENTS

@@ -1,0 +1,113 @@
+"""A tiny statement classifier for what the server's session tracker does not report.
+
+The server tells us about variables, schema, transactions and "something else
+changed" (user variables, temporary tables). It says nothing about named locks,
+LOCK TABLES, SQL-level PREPARE, SQL_CALC_FOUND_ROWS or statements that ask about
+the previous one. One precompiled search decides whether a query needs a closer
+look at all; almost every query does not, and costs one regex scan.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import Flag, auto
+
+
+class Kind(Flag):
+    NONE = 0
+    LOCK_TABLES = auto()  # LOCK TABLES, FLUSH TABLES ... WITH READ LOCK
+    UNLOCK_TABLES = auto()
+    GET_LOCK = auto()
+    RELEASE_LOCK = auto()
+    RELEASE_ALL_LOCKS = auto()
+    PREPARE = auto()  # SQL-level PREPARE name FROM ...
+    DEALLOCATE = auto()
+    CALC_FOUND_ROWS = auto()
+    XA_START = auto()
+    XA_END = auto()  # XA COMMIT / XA ROLLBACK
+    HANDLER_OPEN = auto()
+    KILL = auto()
+    CONNECTION_ID = auto()
+    FOLLOW_UP = auto()  # asks about the previous statement (warnings, row count ...)
+    SET_TRANSACTION = auto()  # characteristics of the next transaction only
+    USER_VARIABLE = auto()
+    TEMPORARY_TABLE = auto()
+
+
+@dataclass
+class Classified:
+    kind: Kind = Kind.NONE
+    names: list[str] = field(default_factory=list)  # PREPARE / DEALLOCATE statement names
+    kill_id: int | None = None
+    kill_query_only: bool = False
+
+
+# One scan finds whether anything is worth a closer look.
+_TRIGGER = re.compile(
+    rb"lock|prepare|deallocate|found_rows|\bxa\b|handler|kill|connection_id|row_count|warning|"
+    rb"error|diagnostics|transaction|@|temporary",
+    re.I,
+)
+# Statement-leading keywords: at the start, after a ';', or after leading comments.
+_LEAD = rb"(?:^|;)\s*(?:/\*.*?\*/\s*)*"
+_RULES: list[tuple[Kind, re.Pattern[bytes]]] = [
+    (Kind.LOCK_TABLES, re.compile(_LEAD + rb"(?:lock\s+tables?\b|flush\s+tables?\b.*\bwith\s+read\s+lock)", re.I | re.S)),
+    (Kind.UNLOCK_TABLES, re.compile(_LEAD + rb"unlock\s+tables?\b", re.I | re.S)),
+    (Kind.GET_LOCK, re.compile(rb"\bget_lock\s*\(", re.I)),
+    (Kind.RELEASE_LOCK, re.compile(rb"\brelease_lock\s*\(", re.I)),
+    (Kind.RELEASE_ALL_LOCKS, re.compile(rb"\brelease_all_locks\s*\(", re.I)),
+    (Kind.CALC_FOUND_ROWS, re.compile(rb"\bsql_calc_found_rows\b", re.I)),
+    (Kind.XA_START, re.compile(_LEAD + rb"xa\s+(?:start|begin)\b", re.I | re.S)),
+    (Kind.XA_END, re.compile(_LEAD + rb"xa\s+(?:commit|rollback)\b", re.I | re.S)),
+    (Kind.HANDLER_OPEN, re.compile(_LEAD + rb"handler\s+\S+\s+open\b", re.I | re.S)),
+    (Kind.CONNECTION_ID, re.compile(rb"\bconnection_id\s*\(\s*\)", re.I)),
+    (
+        Kind.FOLLOW_UP,
+        re.compile(
+            rb"\brow_count\s*\(|\bfound_rows\s*\(|@@(?:session\.)?(?:warning_count|error_count)\b|"
+            + _LEAD
+            + rb"(?:show\s+(?:count\s*\(\s*\*\s*\)\s+)?(?:warnings|errors)\b|get\s+(?:current\s+|stacked\s+)?diagnostics\b)",
+            re.I | re.S,
+        ),
+    ),
+    (Kind.SET_TRANSACTION, re.compile(_LEAD + rb"set\s+transaction\b", re.I | re.S)),
+    (Kind.USER_VARIABLE, re.compile(rb"(?<![@\w])@(?!@)", re.I)),
+    (Kind.TEMPORARY_TABLE, re.compile(rb"\bcreate\s+(?:or\s+replace\s+)?temporary\s+table\b", re.I)),
+]
+_PREPARE = re.compile(_LEAD + rb"prepare\s+`?(\w+)`?\s+from\b", re.I | re.S)
+_DEALLOCATE = re.compile(_LEAD + rb"(?:deallocate|drop)\s+prepare\s+`?(\w+)`?", re.I | re.S)
+_KILL = re.compile(_LEAD + rb"kill\s+(?:(hard|soft)\s+)?(?:(query|connection)\s+)?(\d+)\s*;?\s*$", re.I | re.S)
+
+
+def classify(sql: bytes) -> Classified | None:
+    """None for the common query that needs no special handling."""
+    if not _TRIGGER.search(sql):
+        return None
+    out = Classified()
+    for kind, rule in _RULES:
+        if rule.search(sql):
+            out.kind |= kind
+    for m in _PREPARE.finditer(sql):
+        out.kind |= Kind.PREPARE
+        out.names.append(m.group(1).decode().lower())
+    for m in _DEALLOCATE.finditer(sql):
+        out.kind |= Kind.DEALLOCATE
+        out.names.append(m.group(1).decode().lower())
+    m = _KILL.search(sql)
+    if m:
+        out.kind |= Kind.KILL
+        out.kill_id = int(m.group(3))
+        out.kill_query_only = bool(m.group(2)) and m.group(2).lower() == b"query"
+    return out if out.kind else None
+
+
+_CONNECTION_ID_CALL = re.compile(rb"\bconnection_id\s*\(\s*\)", re.I)
+_ONLY_CONNECTION_ID = re.compile(rb"^\s*select\s+connection_id\s*\(\s*\)\s*;?\s*$", re.I)
+
+
+def rewrite_connection_id(sql: bytes, proxy_id: int) -> bytes:
+    """Make CONNECTION_ID() answer the id the client's greeting gave it."""
+    if _ONLY_CONNECTION_ID.match(sql):
+        return b"SELECT %d AS `CONNECTION_ID()`" % proxy_id
+    return _CONNECTION_ID_CALL.sub(b"%d" % proxy_id, sql)
