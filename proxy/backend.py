@@ -158,7 +158,9 @@ class BackendLink(asyncio.Protocol):
         if mode == _RELAY and self._sink is not None:
             sink, self._sink = self._sink, None
             sink.relay_failed(self, error, self._received_any)
-        elif mode == _IDLE and self._on_idle_death is not None:
+        elif mode in (_IDLE, _HELD) and self._on_idle_death is not None:
+            # Idle in the pool, or held by a pinned client between statements:
+            # free its slot now; a pinned client learns at its next statement.
             self._on_idle_death(self)
         self._wake()
 

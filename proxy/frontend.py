@@ -69,6 +69,7 @@ class ClientConnection(asyncio.Protocol):
         self._auth_collation = DEFAULT_COLLATION
         self._auth_caps = 0
         self._handshake_timer: asyncio.TimerHandle | None = None
+        self._expect_seq = 1  # sequence id of the client's next authentication packet
         self._current: tuple[int, bytes, int, Classified | None] | None = None  # seq, payload, cmd, stmt
         self._retried = False
         self._fresh_link = False
@@ -101,14 +102,23 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            packets = self._reader.feed(data)
+            self._data_received(data)
         except ProtocolError as e:
             log.warning("client %d (%s): %s; closing", self.proxy_id, self.peer, e)
             self._fatal(e.code, str(e), seq=0)
+        except Exception:  # noqa: BLE001 - one bad client must never take the daemon down
+            log.exception("client %d (%s): internal error; closing this client", self.proxy_id, self.peer)
+            self._fatal(Err.NET_READ_ERROR, "mysql-pool-proxy internal error; connection closed", seq=0)
+
+    def _data_received(self, data: bytes) -> None:
+        if self._phase == _CLOSED:
             return
+        packets = self._reader.feed(data)
         for seq, payload in packets:
             phase = self._phase
             if phase == _COMMAND:
+                if seq != 0:
+                    raise ProtocolError(f"Got packets out of order (a command with sequence id {seq})", Err.NET_PACKETS_OUT_OF_ORDER)
                 self._pending.append((seq, payload))
             elif phase == _INFILE:
                 self._infile_packet(seq, payload)
@@ -175,6 +185,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _auth_packet(self, seq: int, payload: bytes) -> None:
         try:
+            if seq != self._expect_seq:
+                raise ProtocolError(f"packets out of order (sequence id {seq}, expected {self._expect_seq})")
             if self._phase == _GREETING:
                 self._handshake_response(seq, payload)
             else:
@@ -197,7 +209,11 @@ class ClientConnection(asyncio.Protocol):
             self._check_password(seq, resp.auth_response, plugin)
             return
         # The client used a plugin we do not speak: ask it to switch to ours.
+        self._switch_plugin(seq)
+
+    def _switch_plugin(self, seq: int) -> None:
         self._phase = _AUTH_SWITCHED
+        self._expect_seq = seq + 2
         self._write(frame(build_auth_switch(self._auth_plugin, self._scramble), seq + 1))
 
     def _check_password(self, seq: int, response: bytes, plugin: str) -> None:
@@ -561,8 +577,7 @@ class ClientConnection(asyncio.Protocol):
         self.session = None
         self._phase = _GREETING
         if plugin not in (auth.NATIVE, auth.CACHING_SHA2):
-            self._phase = _AUTH_SWITCHED
-            self._write(frame(build_auth_switch(self._auth_plugin, self._scramble), seq + 1))
+            self._switch_plugin(seq)
             return
         self._auth_plugin = plugin
         self._check_password(seq, response, plugin)
