@@ -78,12 +78,21 @@ class UserConfig:
 
 
 @dataclass(frozen=True)
+class AdminConfig:
+    """The admin console: log in as this user (mysql -uadmin -P3307) to run SHOW POOLS etc."""
+
+    user: str = ""
+    password: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
 class Config:
     listen: ListenConfig
     backend: BackendConfig
     pool: PoolConfig
     # Client accounts. Empty: clients log in with the backend account's own name and password.
     users: tuple[UserConfig, ...] = ()
+    admin: AdminConfig = AdminConfig()
     max_allowed_packet: int = 64 * 1024 * 1024
     shutdown_timeout: float = 30.0
     log_level: str = "info"
@@ -91,6 +100,8 @@ class Config:
 
     def client_password(self, user: str) -> str | None:
         """The password a client logging in as ``user`` must know, or None if unknown."""
+        if self.admin.user and user == self.admin.user:
+            return self.admin.password
         if not self.users:
             return self.backend.password if user == self.backend.user else None
         for u in self.users:
@@ -181,7 +192,7 @@ def parse(raw: Any, source: str = "<config>") -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping")
     warnings: list[str] = []
-    known = {"listen", "backend", "pool", "users", "max_allowed_packet", "shutdown_timeout", "log_level"}
+    known = {"listen", "backend", "pool", "users", "admin", "max_allowed_packet", "shutdown_timeout", "log_level"}
     for key in raw:
         if key not in known:
             raise ConfigError(f"{key}: unknown key (known: {', '.join(sorted(known))})")
@@ -196,6 +207,11 @@ def parse(raw: Any, source: str = "<config>") -> Config:
     if not backend.user:
         raise ConfigError("backend.user: required (the MySQL account the pool logs in with)")
 
+    admin = _section(AdminConfig, raw.get("admin"), "admin", warnings)
+    if admin.user and not admin.password:
+        raise ConfigError("admin.password: required when admin.user is set")
+    if admin.user and admin.user == backend.user:
+        raise ConfigError("admin.user: must differ from backend.user (the admin console serves no SQL)")
     users_raw = raw.get("users") or []
     if not isinstance(users_raw, list):
         raise ConfigError("users: expected a list of {user, password}")
@@ -231,6 +247,7 @@ def parse(raw: Any, source: str = "<config>") -> Config:
         backend=backend,
         pool=pool,
         users=tuple(users),
+        admin=admin,
         max_allowed_packet=max_packet,
         shutdown_timeout=shutdown,
         log_level=level,

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from . import admin
 from .backend import BackendLink, LinkLost, reset_link
 from .mysql import auth
 from .mysql.constants import DEFAULT_COLLATION, SERVER_CAPS, SERVER_VERSION, Cap, Command, Err, Status
@@ -76,6 +77,7 @@ class ClientConnection(asyncio.Protocol):
         self._paused_reading = False
         self._deferred_error: tuple[int, str] | None = None
         self.statements = 0
+        self.is_admin = False
 
     # -- asyncio.Protocol ---------------------------------------------------------
 
@@ -244,7 +246,8 @@ class ClientConnection(asyncio.Protocol):
         self.session.state.variables.update(self.server.charset_variables(self._auth_collation))
         if self._handshake_timer:
             self._handshake_timer.cancel()
-        if self._auth_db and self._auth_db not in self.server.known_schemas:
+        self.is_admin = bool(self.server.config.admin.user) and self._auth_user == self.server.config.admin.user
+        if self._auth_db and self._auth_db not in self.server.known_schemas and not self.is_admin:
             try:
                 link = await self.pool.acquire(self._key())
             except PoolTimeout as e:
@@ -306,6 +309,9 @@ class ClientConnection(asyncio.Protocol):
             self._phase = _CLOSED
             if self.transport:
                 self.transport.close()
+            return
+        if self.is_admin:
+            self._admin_command(seq, cmd, payload)
             return
         if cmd == Command.PING:
             self._write(frame(build_ok(OK(status=self._status()), session.client_caps), seq + 1))
@@ -428,6 +434,20 @@ class ClientConnection(asyncio.Protocol):
         if self._current is not None:
             self.send_error(code, message, self._current[0] + 1)
         self._done()
+
+    def _admin_command(self, seq: int, cmd: int, payload: bytes) -> None:
+        caps = self.session.client_caps if self.session else 0
+        if cmd == Command.QUERY:
+            try:
+                replies = admin.execute(self.server, payload[1:].decode(errors="replace"), caps)
+            except admin.AdminError as e:
+                self.send_error(e.code, e.message, seq + 1)
+                return
+            self._write(b"".join(frame(p, seq + 1 + i) for i, p in enumerate(replies)))
+        elif cmd in (Command.PING, Command.INIT_DB):
+            self._write(frame(build_ok(OK(), caps), seq + 1))
+        else:
+            self.send_error(Err.UNKNOWN_COM, "admin console: only text statements are supported", seq + 1)
 
     # -- relay callbacks (called by the link's protocol) ---------------------------------
 

@@ -378,6 +378,12 @@ class Pool:
         for _ in range(max(0, self.effective_cap - self.total)):
             self._wake_one()
 
+    def resume(self) -> None:
+        """End a PAUSE: queued clients go on."""
+        self.paused = False
+        for _ in range(len(self.waiters)):
+            self._wake_one()
+
     def close_all(self) -> None:
         for link in list(self.links):
             self._drop(link)

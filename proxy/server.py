@@ -70,6 +70,7 @@ class ProxyServer:
         self.collations: dict[int, tuple[str, str]] = {}
         self.account_limit: int | None = None
         self._next_id = 0
+        self.clients_total = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._servers: list[asyncio.AbstractServer] = []
         self._stopping = asyncio.Event()
@@ -79,6 +80,7 @@ class ProxyServer:
 
     def next_client_id(self) -> int:
         self._next_id += 1
+        self.clients_total += 1
         return self._next_id
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:

@@ -368,3 +368,44 @@ def parse_eof(p: bytes | memoryview) -> tuple[int, int]:
         return 0, 0
     warnings, status = struct.unpack_from("<HH", p, 1)
     return warnings, status
+
+
+# -- result sets the proxy builds itself (admin console, answers kept by the proxy) ----
+
+FIELD_TYPE_LONGLONG = 0x08
+FIELD_TYPE_VAR_STRING = 0xFD
+UTF8_GENERAL_CI = 33
+BINARY_COLLATION = 63
+
+
+def build_column_def(name: str, numeric: bool = False) -> bytes:
+    encoded = name.encode()
+    return b"".join(
+        (
+            lenenc_str(b"def"),
+            lenenc_str(b""),
+            lenenc_str(b""),
+            lenenc_str(b""),
+            lenenc_str(encoded),
+            lenenc_str(encoded),
+            b"\x0c",
+            struct.pack("<HIBHB", BINARY_COLLATION if numeric else UTF8_GENERAL_CI, 21 if numeric else 1024,
+                        FIELD_TYPE_LONGLONG if numeric else FIELD_TYPE_VAR_STRING, 0x81 if numeric else 0, 0),
+            b"\x00\x00",
+        )
+    )
+
+
+def build_text_row(values: list[object]) -> bytes:
+    return b"".join(b"\xfb" if v is None else lenenc_str(str(v).encode()) for v in values)
+
+
+def build_result_set(columns: list[str], rows: list[list[object]], status: int, numeric: set[str] | None = None) -> list[bytes]:
+    """Payloads of a complete text result set (sequence ids are the framer's job)."""
+    numeric = numeric or set()
+    out = [lenenc_int(len(columns))]
+    out += [build_column_def(c, c in numeric) for c in columns]
+    out.append(build_eof(status))
+    out += [build_text_row(r) for r in rows]
+    out.append(build_eof(status))
+    return out

@@ -1,0 +1,135 @@
+"""The admin console: SHOW POOLS / CLIENTS / BACKENDS / STATS / CONFIG, RELOAD, PAUSE, RESUME.
+
+An operator logs in with the admin user on the proxy's own port
+(``mariadb -h127.0.0.1 -P3307 -uadmin -p``); statements are answered here, never
+sent to the server. Each answer is a list of payloads for the frontend to frame.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import TYPE_CHECKING
+
+from .mysql.constants import Status
+from .mysql.messages import OK, build_ok, build_result_set
+
+if TYPE_CHECKING:
+    from .server import ProxyServer
+
+HELP = "SHOW POOLS | SHOW CLIENTS | SHOW BACKENDS | SHOW STATS | SHOW CONFIG | RELOAD | PAUSE | RESUME | SHOW HELP"
+
+
+class AdminError(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.code = 1064
+        self.message = message
+
+
+def _result(columns: list[str], rows: list[list[object]], numeric: set[str] | None = None) -> list[bytes]:
+    return build_result_set(columns, rows, Status.AUTOCOMMIT, numeric)
+
+
+def _ok(message: str, caps: int) -> list[bytes]:
+    return [build_ok(OK(status=Status.AUTOCOMMIT, info=message.encode()), caps)]
+
+
+def show_pools(server: ProxyServer) -> list[bytes]:
+    snap = server.pool.snapshot()
+    cols = list(snap)
+    numeric = {k for k, v in snap.items() if isinstance(v, int)}
+    return _result(cols, [[snap[c] for c in cols]], numeric)
+
+
+def show_clients(server: ProxyServer) -> list[bytes]:
+    now = time.monotonic()
+    rows: list[list[object]] = []
+    for client in list(server.clients.values()):
+        s = client.session
+        pins = ", ".join(f"{reason} ({now - since:.1f}s)" for reason, since in s.pins.items()) if s else ""
+        state = "login" if s is None else "active" if client.busy else "idle"
+        link = client.link.facts.thread_id if client.link is not None else None
+        rows.append([
+            client.proxy_id, s.user if s else "", client.peer, state, pins or None, link,
+            client.statements, s.multiplexed if s else 0, round(now - client.connected_at, 1),
+        ])
+    cols = ["id", "user", "peer", "state", "pinned_for", "backend_thread", "statements", "links_returned", "connected_s"]
+    return _result(cols, rows, {"id", "backend_thread", "statements", "links_returned"})
+
+
+def show_backends(server: ProxyServer) -> list[bytes]:
+    now = time.monotonic()
+    pool = server.pool
+    idle = {id(link) for links in pool.idle.values() for link in links}
+    rows: list[list[object]] = []
+    for link in list(pool.links):
+        rows.append([
+            link.facts.thread_id, "idle" if id(link) in idle else "in use", link.leased_by,
+            round(now - link.created, 1), round(now - link.last_used, 1), link.uses, int(link.found_rows),
+            link.state.schema,
+        ])
+    cols = ["thread_id", "state", "client", "age_s", "idle_s", "statements", "found_rows", "schema"]
+    return _result(cols, rows, {"thread_id", "client", "statements", "found_rows"})
+
+
+def show_stats(server: ProxyServer) -> list[bytes]:
+    stats = server.pool.stats
+    sessions = [c.session for c in server.clients.values() if c.session is not None]
+    rows: list[list[object]] = [
+        ["clients", len(server.clients)],
+        ["clients_pinned", sum(1 for s in sessions if s.pinned)],
+        ["clients_total", server.clients_total],
+        ["connects", stats.connects],
+        ["connect_failures", stats.connect_failures],
+        ["capacity_refusals", stats.capacity_refusals],
+        ["links_died_idle", stats.links_died_idle],
+        ["leases", stats.leases],
+        ["queue_timeouts", stats.queue_timeouts],
+        ["max_open_seen", stats.max_open_seen],
+        ["wait_seconds_total", round(stats.total_wait, 3)],
+    ]
+    return _result(["name", "value"], rows)
+
+
+def show_config(server: ProxyServer) -> list[bytes]:
+    cfg = server.config
+    rows: list[list[object]] = []
+    for section in ("listen", "backend", "pool"):
+        for key, value in vars(getattr(cfg, section)).items():
+            if "password" in key:
+                continue  # never show a secret
+            rows.append([f"{section}.{key}", value])
+    rows += [["max_allowed_packet", cfg.max_allowed_packet], ["shutdown_timeout", cfg.shutdown_timeout]]
+    return _result(["key", "value"], rows)
+
+
+_COMMANDS = {
+    "show pools": show_pools,
+    "show clients": show_clients,
+    "show backends": show_backends,
+    "show stats": show_stats,
+    "show config": show_config,
+}
+
+
+def execute(server: ProxyServer, sql: str, caps: int) -> list[bytes]:
+    """Answer one admin statement; raises AdminError for anything else."""
+    stmt = re.sub(r"\s+", " ", sql.strip().rstrip(";").strip()).lower()
+    if stmt in _COMMANDS:
+        return _COMMANDS[stmt](server)
+    if stmt == "reload":
+        server.reload()
+        return _ok("reloaded", caps)
+    if stmt == "pause":
+        server.pool.paused = True
+        return _ok("paused: new leases wait until RESUME", caps)
+    if stmt == "resume":
+        server.pool.resume()
+        return _ok("resumed", caps)
+    if stmt in ("show help", "help"):
+        return _result(["command"], [[c] for c in HELP.split(" | ")])
+    if stmt.startswith("select @@version_comment"):
+        # The mariadb / mysql command-line clients ask this on connect.
+        return _result(["@@version_comment"], [["mysql-pool-proxy admin console"]])
+    raise AdminError(f"admin console: unknown command; use one of: {HELP}")
