@@ -50,6 +50,10 @@ LINK_FACTS = (
 )
 
 
+# Prepared statements a link keeps for reuse (the server's max_prepared_stmt_count is global).
+STATEMENT_CACHE = 256
+
+
 class LinkLost(Exception):
     """The server closed the link or sent something the proxy cannot follow."""
 
@@ -94,6 +98,8 @@ class BackendLink(asyncio.Protocol):
         self.closed = False
         self.uses = 0  # statements served; tells whether a link was touched since a session used it
         self.tracker = ResponseTracker()
+        # Binary statements prepared on this link: SQL -> (server id, parameter count).
+        self.prepared: dict[bytes, tuple[int, int]] = {}
         self.transport: asyncio.Transport | None = None
         self._on_idle_death = on_idle_death
         self._mode = _EXCHANGE
@@ -243,7 +249,8 @@ class BackendLink(asyncio.Protocol):
 
     # -- relay --------------------------------------------------------------------
 
-    def start_relay(self, payload: bytes, seq: int, command: int, sink: RelaySink, client_caps: int) -> None:
+    def start_relay(self, payload: bytes, seq: int, command: int, sink: RelaySink, client_caps: int,
+                    statement_alias: int = 0) -> None:
         """Send a client's command and relay the response to ``sink``."""
         self._sink = sink
         self._mode = _RELAY
@@ -252,7 +259,7 @@ class BackendLink(asyncio.Protocol):
         self._scanner.reset()
         tracker = self.tracker
         tracker.client_caps = client_caps
-        tracker.start(command)
+        tracker.start(command, statement_alias)
         self.uses += 1
         if self.closed or self.transport is None:
             err = self._lost or LinkLost("link closed")
@@ -260,6 +267,17 @@ class BackendLink(asyncio.Protocol):
             sink.relay_failed(self, err, False)
             return
         self.transport.write(frame(payload, seq))
+
+    def remember_statement(self, sql: bytes, server_id: int, num_params: int) -> None:
+        """Cache a prepared statement; close the one it replaces and the oldest past the limit."""
+        old = self.prepared.pop(sql, None)
+        if old is not None and old[0] != server_id:
+            self.write_packet(bytes((Command.STMT_CLOSE,)) + old[0].to_bytes(4, "little"), 0)
+        self.prepared[sql] = (server_id, num_params)
+        if len(self.prepared) > STATEMENT_CACHE:
+            oldest = next(iter(self.prepared))
+            sid, _ = self.prepared.pop(oldest)
+            self.write_packet(bytes((Command.STMT_CLOSE,)) + sid.to_bytes(4, "little"), 0)
 
     def continue_relay(self, data: bytes) -> None:
         """Pass bytes from the client through unchanged (LOCAL INFILE contents)."""
@@ -389,6 +407,7 @@ async def reset_link(link: BackendLink) -> None:
     """
     link.set_held()
     await link.exchange([(Command.RESET_CONNECTION, b"")])
+    link.prepared.clear()  # the reset closed them
     schema = link.state.schema
     link.state = LinkState(schema=schema)
     await _setup(link)

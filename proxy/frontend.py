@@ -35,7 +35,17 @@ from .mysql.messages import (
 from .mysql.packets import PacketReader, ProtocolError, frame
 from .mysql.responses import DONE, INFILE, NO_RESPONSE, TRACKED
 from .pool import PoolTimeout
-from .session import PIN_PREPARED, PIN_TRANSACTION, LinkState, Session, mark_replayed, replay_commands
+from .mysql.stmt import bind_execute, statement_id, with_statement_id
+from .session import (
+    PIN_CURSOR,
+    PIN_LONG_DATA,
+    PIN_TRANSACTION,
+    LinkState,
+    PreparedStatement,
+    Session,
+    mark_replayed,
+    replay_commands,
+)
 from .sql import Classified, Kind, classify, rewrite_connection_id
 
 if TYPE_CHECKING:
@@ -44,6 +54,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("proxy.client")
 
 POOL_BUSY = 9001  # queue_timeout reached: the pool could not lend a link in time
+ER_LOCAL_INFILE_DISABLED = 4166
+_LOCAL_INFILE_MESSAGE = "The used command is not allowed because the MariaDB server or client has disabled the local infile capability"
+ER_STMT_HAS_NO_OPEN_CURSOR = 1421
+# Commands naming a binary statement by the id the proxy gave the client.
+_BY_STATEMENT = frozenset({Command.STMT_EXECUTE, Command.STMT_FETCH, Command.STMT_RESET,
+                           Command.STMT_SEND_LONG_DATA, Command.STMT_CLOSE})
 _GREETING, _AUTH_SWITCHED, _COMMAND, _INFILE, _CLOSED = range(5)
 MAX_PIPELINED = 16  # commands queued from one client before its socket is paused
 
@@ -329,19 +345,7 @@ class ClientConnection(asyncio.Protocol):
             self.busy = True
             self.server.spawn(self._change_user(seq, payload))
             return
-        if cmd in NO_RESPONSE:
-            # STMT_CLOSE / SEND_LONG_DATA: meaningful only on the link that prepared the statement.
-            if self.link is not None and session.binary_statements:
-                self.link.write_packet(payload, seq)
-                if cmd == Command.STMT_CLOSE:
-                    session.binary_statements = max(0, session.binary_statements - 1)
-                    if not session.binary_statements:
-                        session.unpin(PIN_PREPARED)
-                        if not session.pinned:
-                            link, self.link = self.link, None
-                            self.pool.release(link)
-            return
-        if cmd not in TRACKED:
+        if cmd not in TRACKED and cmd not in _BY_STATEMENT:
             self.send_error(Err.UNKNOWN_COM, f"Unknown command {cmd} (not supported through mysql-pool-proxy)", seq + 1)
             return
         stmt = None
@@ -352,8 +356,11 @@ class ClientConnection(asyncio.Protocol):
                     return
                 if Kind.CONNECTION_ID in stmt.kind:
                     payload = bytes((Command.QUERY,)) + rewrite_connection_id(payload[1:], self.proxy_id)
-        elif cmd in (Command.STMT_EXECUTE, Command.STMT_FETCH, Command.STMT_RESET) and self.link is None:
-            self.send_error(Err.UNKNOWN_STMT_HANDLER, "Unknown prepared statement handler given to mysqld_stmt_execute", seq + 1)
+                if Kind.LOAD_LOCAL in stmt.kind and not session.client_caps & Cap.LOCAL_FILES:
+                    # The server would refuse it for this client; our link could not (it has LOCAL_FILES).
+                    self.send_error(ER_LOCAL_INFILE_DISABLED, _LOCAL_INFILE_MESSAGE, seq + 1)
+                    return
+        elif cmd in _BY_STATEMENT and not self._statement_command(seq, cmd, payload):
             return
         session.before_statement()
         self.statements += 1
@@ -377,11 +384,92 @@ class ClientConnection(asyncio.Protocol):
         self._send(link)
 
     def _send(self, link: BackendLink) -> None:
-        assert self._current is not None and self.session is not None
+        session = self.session
+        assert self._current is not None and session is not None
         seq, payload, cmd, _stmt = self._current
         self.link = link
         link.leased_by = self.proxy_id
-        link.start_relay(payload, seq, cmd, self, self.session.client_caps)
+        alias = 0
+        if cmd == Command.STMT_PREPARE:
+            session.last_statement_id += 1
+            alias = session.last_statement_id
+        elif cmd in _BY_STATEMENT:
+            ps = session.statements[statement_id(payload)]
+            prepared = link.prepared.get(ps.sql)
+            if prepared is None:
+                # This link never saw the statement: prepare it here first.
+                self.server.spawn(self._prepare_and_send(link, ps))
+                return
+            if cmd == Command.STMT_EXECUTE:
+                payload, ps.param_types = bind_execute(payload, prepared[0], ps.num_params, ps.param_types)
+            else:
+                payload = with_statement_id(payload, prepared[0])
+            if cmd == Command.STMT_SEND_LONG_DATA:
+                # No answer comes; the link stays with the session until the execute.
+                link.write_packet(payload, seq)
+                link.set_held()
+                session.pin(PIN_LONG_DATA)
+                self._done()
+                return
+        link.start_relay(payload, seq, cmd, self, session.client_caps, alias)
+
+    async def _prepare_and_send(self, link: BackendLink, ps: PreparedStatement) -> None:
+        try:
+            link.set_held()
+            (reply,) = await link.exchange([(Command.STMT_PREPARE, ps.sql)])
+        except ServerError as e:
+            self._give_back(link)
+            self._answer_error(e.code, e.message)
+            return
+        except (LinkLost, OSError):
+            self.link = None
+            self.pool.discard(link)
+            await self._retry_or_fail(received_any=False)
+            return
+        prepared = reply.tracker.prepare
+        assert prepared is not None
+        link.remember_statement(ps.sql, prepared.statement_id, prepared.num_params)
+        if self._phase == _CLOSED:
+            self._give_back(link)
+            return
+        self._send(link)
+
+    def _give_back(self, link: BackendLink) -> None:
+        """Return the link unless the session must keep it."""
+        if self.session is not None and self.session.pinned:
+            return
+        self.link = None
+        self.pool.release(link)
+
+    def _statement_command(self, seq: int, cmd: int, payload: bytes) -> bool:
+        """Checks for commands naming a binary statement. False: answered (or nothing to do) here."""
+        session = self.session
+        assert session is not None
+        pid = statement_id(payload)
+        ps = session.statements.get(pid)
+        if cmd == Command.STMT_CLOSE:
+            session.statements.pop(pid, None)
+            if ps is not None and self.link is not None and PIN_CURSOR in session.pins:
+                # Closing the statement closes its cursor: the server copy goes too.
+                prepared = self.link.prepared.pop(ps.sql, None)
+                if prepared is not None:
+                    self.link.write_packet(with_statement_id(payload, prepared[0]), seq)
+                session.unpin(PIN_CURSOR)
+                if self.link is not None:
+                    self._give_back(self.link)
+            return False
+        if ps is None:
+            if cmd != Command.STMT_SEND_LONG_DATA:  # that one never gets an answer
+                self.send_error(Err.UNKNOWN_STMT_HANDLER, f"Unknown prepared statement handler ({pid}) given to mysqld_stmt_execute", seq + 1)
+            return False
+        if cmd == Command.STMT_FETCH and (self.link is None or PIN_CURSOR not in session.pins):
+            self.send_error(ER_STMT_HAS_NO_OPEN_CURSOR, f"The statement ({pid}) has no open cursor.", seq + 1)
+            return False
+        if cmd == Command.STMT_RESET and self.link is None:
+            # Nothing of it lives on a link: no long data, no cursor. Reset is a no-op.
+            self._write(frame(build_ok(OK(status=self._status()), session.client_caps), seq + 1))
+            return False
+        return True
 
     async def _lease_and_send(self) -> None:
         assert self.session is not None
@@ -464,7 +552,7 @@ class ClientConnection(asyncio.Protocol):
             self._start_infile(link)
             return
         assert event == DONE and self._current is not None and self.session is not None
-        _seq, _payload, cmd, stmt = self._current
+        _seq, payload, cmd, stmt = self._current
         tr = link.tracker
         session = self.session
         session.after_response(
@@ -472,8 +560,11 @@ class ClientConnection(asyncio.Protocol):
             tr.warnings, tr.insert_id, tr.cursor_open, stmt, link.state,
         )
         if cmd == Command.STMT_PREPARE and tr.prepare is not None:
-            session.binary_statements += 1
-            session.pin(PIN_PREPARED)
+            sql = payload[1:]
+            session.statements[tr.statement_alias] = PreparedStatement(sql, tr.prepare.num_params, tr.prepare.num_columns)
+            link.remember_statement(sql, tr.prepare.statement_id, tr.prepare.num_params)
+        elif cmd in (Command.STMT_EXECUTE, Command.STMT_RESET):
+            session.unpin(PIN_LONG_DATA)
         if tr.error_code in (Err.CONNECTION_KILLED, Err.SERVER_LOST):
             # The server is closing this link; it will not serve another statement.
             self.link = None
@@ -506,10 +597,7 @@ class ClientConnection(asyncio.Protocol):
         what = "the open transaction was rolled back" if in_transaction else "the statement may or may not have run"
         lost_state = ", ".join(session.pins) or "none"
         log.warning("client %d: link lost mid-command (%s; pinned for: %s)", self.proxy_id, what, lost_state)
-        session.pins.clear()
-        session.named_locks = 0
-        session.sql_prepared.clear()
-        session.binary_statements = 0
+        session.forget_link_state()
         self._answer_error(Err.SERVER_LOST, f"Lost connection to MySQL server during query: the server closed the link; {what}. The next statement starts on a new connection")
 
     # -- LOCAL INFILE ------------------------------------------------------------------------
@@ -563,10 +651,8 @@ class ClientConnection(asyncio.Protocol):
         schema = session.state.schema
         session.state = LinkState(schema=schema, multi_statements=session.state.multi_statements)
         session.state.variables.update(self.server.charset_variables(self._auth_collation))
-        session.pins.clear()
-        session.named_locks = 0
-        session.sql_prepared.clear()
-        session.binary_statements = 0
+        session.forget_link_state()
+        session.statements.clear()
         self._write(frame(build_ok(OK(status=Status.AUTOCOMMIT), session.client_caps), seq + 1))
         self._done()
 

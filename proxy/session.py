@@ -52,7 +52,7 @@ PIN_SQL_PREPARE = "SQL PREPARE"  # until every named statement is deallocated
 PIN_XA = "XA transaction"
 PIN_HANDLER = "HANDLER"  # until the client leaves
 PIN_CURSOR = "open cursor"
-PIN_PREPARED = "prepared statements"  # binary statements bound to this link
+PIN_LONG_DATA = "COM_STMT_SEND_LONG_DATA"  # until the statement is executed or reset
 PIN_STATE = "untracked session state"  # user variables, temporary tables ...: until the client leaves
 PIN_NEXT_STATEMENT = "answer for the next statement"  # warnings / FOUND_ROWS of the last statement
 PIN_NEXT_TRANSACTION = "SET TRANSACTION"  # characteristics of the next transaction
@@ -124,6 +124,16 @@ def mark_replayed(want: LinkState, link: LinkState) -> None:
 
 
 @dataclass
+class PreparedStatement:
+    """A binary prepared statement as the client knows it (proxy-side id)."""
+
+    sql: bytes
+    num_params: int
+    num_columns: int
+    param_types: bytes | None = None  # from the last execute that bound them
+
+
+@dataclass
 class Session:
     """One client connection's logical session."""
 
@@ -134,7 +144,8 @@ class Session:
     pins: dict[str, float] = field(default_factory=dict)  # reason -> since (monotonic)
     named_locks: int = 0
     sql_prepared: set[str] = field(default_factory=set)
-    binary_statements: int = 0
+    statements: dict[int, PreparedStatement] = field(default_factory=dict)
+    last_statement_id: int = 0
     multiplexed: int = 0  # times a link was given back between statements
 
     @property
@@ -231,6 +242,12 @@ class Session:
             self.unpin(PIN_XA)
         if Kind.HANDLER_OPEN in k:
             self.pin(PIN_HANDLER)
+
+    def forget_link_state(self) -> None:
+        """The link holding this session's state is gone (reset, died): so is that state."""
+        self.pins.clear()
+        self.named_locks = 0
+        self.sql_prepared.clear()
 
     def set_multi_statements(self, on: bool) -> None:
         self.state.multi_statements = on

@@ -33,6 +33,7 @@ class Kind(Flag):
     SET_TRANSACTION = auto()  # characteristics of the next transaction only
     USER_VARIABLE = auto()
     TEMPORARY_TABLE = auto()
+    LOAD_LOCAL = auto()  # LOAD DATA / LOAD XML ... LOCAL INFILE
 
 
 @dataclass
@@ -46,7 +47,7 @@ class Classified:
 # One scan finds whether anything is worth a closer look.
 _TRIGGER = re.compile(
     rb"lock|prepare|deallocate|found_rows|\bxa\b|handler|kill|connection_id|row_count|warning|"
-    rb"error|diagnostics|transaction|@|temporary",
+    rb"error|diagnostics|transaction|@|temporary|local",
     re.I,
 )
 # Statement-leading keywords: at the start, after a ';', or after leading comments.
@@ -74,6 +75,7 @@ _RULES: list[tuple[Kind, re.Pattern[bytes]]] = [
     (Kind.SET_TRANSACTION, re.compile(_LEAD + rb"set\s+transaction\b", re.I | re.S)),
     (Kind.USER_VARIABLE, re.compile(rb"(?<![@\w])@(?!@)", re.I)),
     (Kind.TEMPORARY_TABLE, re.compile(rb"\bcreate\s+(?:or\s+replace\s+)?temporary\s+table\b", re.I)),
+    (Kind.LOAD_LOCAL, re.compile(_LEAD + rb"load\s+(?:data|xml)\s+(?:(?:low_priority|concurrent)\s+)?local\b", re.I | re.S)),
 ]
 _PREPARE = re.compile(_LEAD + rb"prepare\s+`?(\w+)`?\s+from\b", re.I | re.S)
 _DEALLOCATE = re.compile(_LEAD + rb"(?:deallocate|drop)\s+prepare\s+`?(\w+)`?", re.I | re.S)

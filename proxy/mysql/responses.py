@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from .constants import Cap, Command, Status
 from .messages import ERR_HEADER, LOCAL_INFILE_HEADER, OK_HEADER, parse_ok, read_lenenc_int, strip_session_track
 from .packets import ProtocolError
+from .stmt import prepare_ok_with_id
 
 MORE, DONE, INFILE = 0, 1, 2
 
@@ -79,11 +80,13 @@ class ResponseTracker:
     prepare: PrepareOK | None = None
     state_blocks: list[bytes] = field(default_factory=list)
     unexplained_change: bool = False
+    statement_alias: int = 0  # answer COM_STMT_PREPARE with this id instead of the server's
     _columns_left: int = 0
     _columns_after: int = 0
 
-    def start(self, command: int) -> None:
+    def start(self, command: int, statement_alias: int = 0) -> None:
         self.command = command
+        self.statement_alias = statement_alias
         self.state = _SINGLE if command in _SINGLE_PACKET else _FIELD_LIST if command == Command.FIELD_LIST else _ROWS if command == Command.STMT_FETCH else _FIRST
         self.status = self.warnings = self.affected_rows = self.insert_id = self.error_code = self.rows = 0
         self.cursor_open = False
@@ -187,17 +190,18 @@ class ResponseTracker:
         warnings = struct.unpack_from("<H", p, 10)[0]
         self.prepare = PrepareOK(stmt_id, cols, params, warnings)
         self.warnings = warnings
+        replacement = prepare_ok_with_id(p, self.statement_alias) if self.statement_alias else None
         if params:
             self._columns_left = params
             self._columns_after = cols
             self.state = _PREPARE_PARAMS
-            return MORE, None
+            return MORE, replacement
         if cols:
             self._columns_left = cols
             self._columns_after = 0
             self.state = _PREPARE_COLUMNS
-            return MORE, None
-        return DONE, None
+            return MORE, replacement
+        return DONE, replacement
 
     def _eof(self, p: memoryview) -> int:
         if len(p) >= 5:
