@@ -129,6 +129,9 @@ def execute(server: ProxyServer, sql: str, caps: int) -> list[bytes]:
         return _ok("resumed", caps)
     if stmt in ("show help", "help"):
         return _result(["command"], [[c] for c in HELP.split(" | ")])
+    if stmt.startswith("set "):
+        # Drivers set names / autocommit on connect; nothing here depends on them.
+        return _ok("", caps)
     if stmt.startswith("select @@version_comment"):
         # The mariadb / mysql command-line clients ask this on connect.
         return _result(["@@version_comment"], [["mysql-pool-proxy admin console"]])

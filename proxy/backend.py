@@ -44,10 +44,10 @@ log = logging.getLogger("proxy.backend")
 TRACKING_SETUP = (
     b"SET session_track_schema=ON, session_track_state_change=ON, session_track_system_variables='*'"
 )
-LINK_FACTS = (
-    b"SELECT @@character_set_client, @@character_set_connection, @@character_set_results, "
-    b"@@collation_connection, @@wait_timeout, @@max_allowed_packet"
+CHARSET_FACTS = (
+    b"SELECT @@character_set_client, @@character_set_connection, @@character_set_results, @@collation_connection"
 )
+LINK_FACTS = CHARSET_FACTS + b", @@wait_timeout, @@max_allowed_packet"
 
 
 # Prepared statements a link keeps for reuse (the server's max_prepared_stmt_count is global).
@@ -76,6 +76,24 @@ class Reply:
     tracker: ResponseTracker
     packets: list[bytes]
 
+    def rows(self) -> list[list[str | None]]:
+        """The text-protocol rows of a result set (column count, definitions, EOF, rows, EOF)."""
+        if not self.tracker.result_set:
+            return []
+        ncols = self.packets[0][0]
+        out = []
+        for p in self.packets[ncols + 2 : -1]:
+            pos, row = 0, []
+            for _ in range(ncols):
+                if p[pos] == 0xFB:
+                    row.append(None)
+                    pos += 1
+                else:
+                    v, pos = read_lenenc_str(p, pos)
+                    row.append(v.decode(errors="replace"))
+            out.append(row)
+        return out
+
 
 @dataclass
 class LinkFacts:
@@ -97,6 +115,8 @@ class BackendLink(asyncio.Protocol):
         self.leased_by: int | None = None  # proxy id of the client holding it
         self.closed = False
         self.uses = 0  # statements served; tells whether a link was touched since a session used it
+        # The last statement on the link left warnings or an error (SHOW WARNINGS would show them).
+        self.diagnostics_dirty = False
         self.tracker = ResponseTracker()
         # Binary statements prepared on this link: SQL -> (server id, parameter count).
         self.prepared: dict[bytes, tuple[int, int]] = {}
@@ -243,6 +263,8 @@ class BackendLink(asyncio.Protocol):
                 err = parse_err(reply.packets[-1])
                 error = ServerError(err.code, err.message, err.sqlstate)
             results.append(reply)
+            # Warnings stay on the server until a statement reads a table: the flag sticks.
+            self.diagnostics_dirty |= bool(tracker.warnings or tracker.error_code)
         if error is not None:
             raise error
         return results
@@ -299,6 +321,7 @@ class BackendLink(asyncio.Protocol):
                 self._relay_error(ProtocolError("server sent bytes after the end of a response"))
                 return
             self._mode = _HELD
+            self.diagnostics_dirty |= bool(self.tracker.warnings or self.tracker.error_code)
             sink, self._sink = self._sink, None
             sink.relay_done(self, DONE)  # type: ignore[union-attr]
         elif event == INFILE:
@@ -387,16 +410,15 @@ async def _authenticate(link: BackendLink, cfg: BackendConfig) -> None:
 
 async def _setup(link: BackendLink) -> None:
     _setup_result, facts = await link.exchange([(Command.QUERY, TRACKING_SETUP), (Command.QUERY, LINK_FACTS)])
-    row = facts.packets[-2]  # column count, column defs, EOF, the row, EOF
-    values = []
-    pos = 0
-    for _ in range(6):
-        v, pos = read_lenenc_str(row, pos) if row[pos] != 0xFB else (b"", pos + 1)
-        values.append(v.decode())
-    for name, value in zip(CHARSET_VARIABLES, values[:4]):
-        link.state.variables[name] = value
+    values = facts.rows()[0]
+    link.state.variables.update(charset_values(values))
     link.facts.wait_timeout = int(values[4] or 0)
     link.facts.max_allowed_packet = int(values[5] or 0)
+
+
+def charset_values(row: list[str | None]) -> dict[str, str]:
+    """The charset variables from a CHARSET_FACTS row, as the tracker would name them (NULL -> "")."""
+    return {name: value or "" for name, value in zip(CHARSET_VARIABLES, row)}
 
 
 async def reset_link(link: BackendLink) -> None:

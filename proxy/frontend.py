@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from . import admin
-from .backend import BackendLink, LinkLost, reset_link
+from .backend import CHARSET_FACTS, BackendLink, LinkLost, charset_values, reset_link
 from .mysql import auth
 from .mysql.constants import DEFAULT_COLLATION, SERVER_CAPS, SERVER_VERSION, Cap, Command, Err, Status
 from .mysql.messages import (
@@ -46,7 +46,7 @@ from .session import (
     mark_replayed,
     replay_commands,
 )
-from .sql import Classified, Kind, classify, rewrite_connection_id
+from .sql import Classified, Kind, classify, rewrite_call, rewrite_connection_id
 
 if TYPE_CHECKING:
     from .server import ProxyServer
@@ -57,6 +57,8 @@ POOL_BUSY = 9001  # queue_timeout reached: the pool could not lend a link in tim
 ER_LOCAL_INFILE_DISABLED = 4166
 _LOCAL_INFILE_MESSAGE = "The used command is not allowed because the MariaDB server or client has disabled the local infile capability"
 ER_STMT_HAS_NO_OPEN_CURSOR = 1421
+# Only a statement that reads a table clears the server's warning list (SELECT 1 and DO 0 do not).
+CLEAR_DIAGNOSTICS = b"DO (SELECT COUNT(*) FROM (SELECT 1) AS t)"
 # Commands naming a binary statement by the id the proxy gave the client.
 _BY_STATEMENT = frozenset({Command.STMT_EXECUTE, Command.STMT_FETCH, Command.STMT_RESET,
                            Command.STMT_SEND_LONG_DATA, Command.STMT_CLOSE})
@@ -90,6 +92,7 @@ class ClientConnection(asyncio.Protocol):
         self._current: tuple[int, bytes, int, Classified | None] | None = None  # seq, payload, cmd, stmt
         self._retried = False
         self._fresh_link = False
+        self._follow_up = False
         self._paused_reading = False
         self._deferred_error: tuple[int, str] | None = None
         self.statements = 0
@@ -362,16 +365,19 @@ class ClientConnection(asyncio.Protocol):
                     return
         elif cmd in _BY_STATEMENT and not self._statement_command(seq, cmd, payload):
             return
-        session.before_statement()
+        session.before_statement(stmt)
         self.statements += 1
         self.busy = True
         self._retried = False
         self._current = (seq, payload, cmd, stmt)
+        self._follow_up = stmt is not None and Kind.FOLLOW_UP in stmt.kind
         link = self.link
         if link is None:
-            link = self.pool.try_acquire(self._key())
+            link = self._follow_up_link() if self._follow_up else None
+            if link is None:
+                link = self.pool.try_acquire(self._key())
             self._fresh_link = True
-            if link is not None and link.state != session.state:
+            if link is not None and self._needs_preparation(link):
                 self.link = link
                 link.leased_by = self.proxy_id
                 self.server.spawn(self._replay_and_send(link))
@@ -382,6 +388,29 @@ class ClientConnection(asyncio.Protocol):
             self.server.spawn(self._lease_and_send())
             return
         self._send(link)
+
+    def _follow_up_link(self) -> BackendLink | None:
+        """A statement about the previous one (ROW_COUNT(), SHOW WARNINGS ...): its link, if untouched.
+
+        Otherwise the values the proxy kept stand in for ROW_COUNT() and FOUND_ROWS().
+        """
+        session = self.session
+        assert session is not None and self._current is not None
+        last = session.last_link
+        if isinstance(last, BackendLink) and last.uses == session.last_link_uses:
+            link = self.pool.take_back(last)
+            if link is not None:
+                return link
+        seq, payload, cmd, stmt = self._current
+        sql = rewrite_call(payload[1:], "row_count", session.last_row_count)
+        sql = rewrite_call(sql, "found_rows", session.last_found_rows)
+        self._current = (seq, payload[:1] + sql, cmd, stmt)
+        return None
+
+    def _needs_preparation(self, link: BackendLink) -> bool:
+        """Whether the link must be brought to the session's state before the statement."""
+        assert self.session is not None
+        return link.state != self.session.state or (self._follow_up and link.diagnostics_dirty)
 
     def _send(self, link: BackendLink) -> None:
         session = self.session
@@ -485,7 +514,7 @@ class ClientConnection(asyncio.Protocol):
         self.link = link
         link.leased_by = self.proxy_id
         self._fresh_link = True
-        if link.state != self.session.state:
+        if self._needs_preparation(link):
             await self._replay_and_send(link)
         else:
             self._send(link)
@@ -494,6 +523,9 @@ class ClientConnection(asyncio.Protocol):
         """Bring the link to the session's state (one pipelined round trip), then send."""
         assert self.session is not None
         commands = replay_commands(self.session.state, link.state)
+        if self._follow_up and link.diagnostics_dirty:
+            # Another session's warnings must not answer this session's SHOW WARNINGS.
+            commands.append((Command.QUERY, CLEAR_DIAGNOSTICS))
         try:
             if commands:
                 link.set_held()
@@ -555,17 +587,49 @@ class ClientConnection(asyncio.Protocol):
         _seq, payload, cmd, stmt = self._current
         tr = link.tracker
         session = self.session
-        session.after_response(
+        charset_changed = session.after_response(
             cmd, tr.status, not tr.error_code, tr.error_code, tr.state_blocks, tr.unexplained_change,
             tr.warnings, tr.insert_id, tr.cursor_open, stmt, link.state,
         )
+        if cmd in (Command.QUERY, Command.STMT_EXECUTE):
+            session.last_row_count = -1 if tr.result_set or tr.error_code else tr.affected_rows
+            if tr.result_set:
+                session.last_found_rows = tr.rows
+            session.last_link, session.last_link_uses = link, link.uses
         if cmd == Command.STMT_PREPARE and tr.prepare is not None:
             sql = payload[1:]
             session.statements[tr.statement_alias] = PreparedStatement(sql, tr.prepare.num_params, tr.prepare.num_columns)
             link.remember_statement(sql, tr.prepare.statement_id, tr.prepare.num_params)
         elif cmd in (Command.STMT_EXECUTE, Command.STMT_RESET):
             session.unpin(PIN_LONG_DATA)
-        if tr.error_code in (Err.CONNECTION_KILLED, Err.SERVER_LOST):
+        if charset_changed:
+            link.set_held()
+            self.server.spawn(self._read_charset_then_finish(link))
+            return
+        self._finish(link)
+
+    async def _read_charset_then_finish(self, link: BackendLink) -> None:
+        """Read back the character set and collation the statement left (one round trip)."""
+        assert self.session is not None
+        try:
+            (reply,) = await link.exchange([(Command.QUERY, CHARSET_FACTS)])
+        except (ServerError, LinkLost, OSError) as e:
+            log.info("client %d: could not read the character set back (%s); closing that link", self.proxy_id, e)
+            self.link = None
+            self.pool.discard(link)
+            self.session.forget_link_state()
+            self._done()
+            return
+        values = charset_values(reply.rows()[0])
+        self.session.state.variables.update(values)
+        link.state.variables.update(values)
+        self._finish(link)
+
+    def _finish(self, link: BackendLink) -> None:
+        """The response is complete: keep the link if the session must, else give it back."""
+        session = self.session
+        assert session is not None
+        if link.tracker.error_code in (Err.CONNECTION_KILLED, Err.SERVER_LOST):
             # The server is closing this link; it will not serve another statement.
             self.link = None
             self.pool.discard(link)

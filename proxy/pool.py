@@ -130,6 +130,17 @@ class Pool:
         self.stats.leases += 1
         return link
 
+    def take_back(self, link: BackendLink) -> BackendLink | None:
+        """The given link, if it is idle (a session wants the link its last statement ran on)."""
+        if self.waiters or self.paused or link.closed:
+            return None
+        idle = self.idle[link.found_rows]
+        if link not in idle:
+            return None
+        idle.remove(link)
+        self.stats.leases += 1
+        return link
+
     async def acquire(self, key: bool) -> BackendLink:
         """A link for ``key``: idle, newly opened, or handed over after queueing FIFO."""
         start = time.monotonic()
@@ -297,6 +308,9 @@ class Pool:
 
     def release(self, link: BackendLink) -> None:
         """A client is done with a link in a known, clean state."""
+        if link in self.idle[link.found_rows]:
+            log.error("link %d was given back twice; ignoring the second time", link.facts.thread_id)
+            return
         if link.closed or link not in self.links:
             self._drop(link)
             return

@@ -13,11 +13,11 @@ from collections.abc import Coroutine
 from typing import Any
 
 from . import config as config_mod
-from .backend import BackendLink, LinkLost, Reply, open_link
+from .backend import BackendLink, LinkLost, open_link
 from .config import Config
 from .frontend import ClientConnection
 from .mysql.constants import Command
-from .mysql.messages import ServerError, read_lenenc_str
+from .mysql.messages import ServerError
 from .pool import Pool, PoolTimeout
 from .session import CHARSET_VARIABLES, PIN_TRANSACTION
 
@@ -25,24 +25,6 @@ log = logging.getLogger("proxy.server")
 
 JANITOR_INTERVAL = 0.5
 _GRANT_LIMIT = re.compile(r"MAX_USER_CONNECTIONS\s+(\d+)", re.I)
-
-
-def _rows(reply: Reply) -> list[list[str | None]]:
-    """Text-protocol rows of a result the proxy asked for itself."""
-    packets = reply.packets
-    ncols = packets[0][0]
-    rows = []
-    for p in packets[ncols + 2 : -1]:
-        pos, row = 0, []
-        for _ in range(ncols):
-            if p[pos] == 0xFB:
-                row.append(None)
-                pos += 1
-            else:
-                v, pos = read_lenenc_str(p, pos)
-                row.append(v.decode(errors="replace"))
-        rows.append(row)
-    return rows
 
 
 def sd_notify(message: str) -> None:
@@ -113,14 +95,14 @@ class ProxyServer:
             (Command.QUERY, b"SHOW GRANTS"),
             (Command.QUERY, b"SELECT @@max_user_connections"),
         ])
-        self.collations = {int(r[0] or 0): (r[1] or "", r[2] or "") for r in _rows(collations)}
+        self.collations = {int(r[0] or 0): (r[1] or "", r[2] or "") for r in collations.rows()}
         limit_value = None
-        for (grant,) in _rows(grants):
+        for (grant,) in grants.rows():
             m = _GRANT_LIMIT.search(grant or "")
             if m and int(m.group(1)) > 0:
                 limit_value = int(m.group(1))
         if limit_value is None:
-            global_limit = int(_rows(limit)[0][0] or 0)
+            global_limit = int(limit.rows()[0][0] or 0)
             limit_value = global_limit or None
         self.account_limit = limit_value
         cap = self.config.pool.max_connections

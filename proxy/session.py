@@ -9,12 +9,15 @@ and decides whether the session must keep its link (pin) and why.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
 from .mysql.constants import MULTI_STATEMENTS_OFF, MULTI_STATEMENTS_ON, Cap, Command, Status
 from .mysql.messages import parse_session_state
 from .sql import Classified, Kind
+
+log = logging.getLogger("proxy.session")
 
 # The charset variables go first and in this order: setting a character set
 # resets the matching collation, so the collation must follow it.
@@ -54,7 +57,7 @@ PIN_HANDLER = "HANDLER"  # until the client leaves
 PIN_CURSOR = "open cursor"
 PIN_LONG_DATA = "COM_STMT_SEND_LONG_DATA"  # until the statement is executed or reset
 PIN_STATE = "untracked session state"  # user variables, temporary tables ...: until the client leaves
-PIN_NEXT_STATEMENT = "answer for the next statement"  # warnings / FOUND_ROWS of the last statement
+PIN_NEXT_STATEMENT = "diagnostics of the last statement"  # warnings, errors, FOUND_ROWS: until a statement that is not a question about them
 PIN_NEXT_TRANSACTION = "SET TRANSACTION"  # characteristics of the next transaction
 
 
@@ -93,14 +96,9 @@ def replay_commands(want: LinkState, have: LinkState) -> list[tuple[int, bytes]]
         out.append((Command.INIT_DB, want.schema.encode()))
     assignments = []
     names = set(want.variables) | set(have.variables)
-    # A collation the session does not name is its character set's default:
-    # setting character_set_connection gives exactly that.
-    force_charset = "collation_connection" not in want.variables and "collation_connection" in have.variables
     for name in sorted(names, key=lambda n: (_ORDER.get(n, len(_ORDER)), n)):
         value = want.variables.get(name)
-        if name == "collation_connection" and value is None:
-            continue
-        if value == have.variables.get(name) and not (force_charset and name == "character_set_connection"):
+        if value == have.variables.get(name):
             continue
         if value is None:
             reset = RESET_VALUES.get(name)
@@ -146,6 +144,12 @@ class Session:
     sql_prepared: set[str] = field(default_factory=set)
     statements: dict[int, PreparedStatement] = field(default_factory=dict)
     last_statement_id: int = 0
+    # What ROW_COUNT() and FOUND_ROWS() would say about the last statement,
+    # and the link it ran on (with that link's use count then).
+    last_row_count: int = -1
+    last_found_rows: int = 0
+    last_link: object | None = None
+    last_link_uses: int = 0
     multiplexed: int = 0  # times a link was given back between statements
 
     @property
@@ -153,28 +157,34 @@ class Session:
         return bool(self.pins)
 
     def pin(self, reason: str) -> None:
-        self.pins.setdefault(reason, time.monotonic())
+        if reason not in self.pins:
+            self.pins[reason] = time.monotonic()
+            log.debug("client %d pinned: %s", self.proxy_id, reason)
 
     def unpin(self, reason: str) -> None:
-        self.pins.pop(reason, None)
+        if self.pins.pop(reason, None) is not None:
+            log.debug("client %d unpinned: %s", self.proxy_id, reason)
 
-    def before_statement(self) -> None:
-        """A new statement begins: answers kept for the previous one are no longer needed."""
-        self.unpin(PIN_NEXT_STATEMENT)
+    def before_statement(self, stmt: Classified | None) -> None:
+        """A new statement begins: unless it asks about the last one, that one's diagnostics may go."""
+        if stmt is None or Kind.FOLLOW_UP not in stmt.kind:
+            self.unpin(PIN_NEXT_STATEMENT)
 
     def after_response(self, command: int, status: int, ok: bool, error_code: int, state_blocks: list[bytes],
                        unexplained_change: bool, warnings: int, insert_id: int, cursor_open: bool,
-                       stmt: Classified | None, link: LinkState) -> None:
-        """Fold one complete response into the session and its link, and update pins."""
+                       stmt: Classified | None, link: LinkState) -> bool:
+        """Fold one complete response into the session and its link, and update pins.
+
+        True when the server reported a character-set change: the server does not
+        report the collation that comes with it, so the caller reads it back.
+        """
+        charset_changed = False
         for block in state_blocks:
             changes = parse_session_state(block)
             if changes.schema is not None:
                 self.state.schema = link.schema = changes.schema or None
             names = {name for name, _ in changes.variables}
-            if "character_set_connection" in names and "collation_connection" not in names:
-                # The server does not report the collation that SET NAMES reset to the charset's default.
-                self.state.variables.pop("collation_connection", None)
-                link.variables.pop("collation_connection", None)
+            charset_changed = charset_changed or not names.isdisjoint(CHARSET_VARIABLES)
             for name, value in changes.variables:
                 link.variables[name] = value
                 if name in NOT_REPLAYABLE:
@@ -208,8 +218,10 @@ class Session:
             self.pin(PIN_CURSOR)
         elif command in (Command.STMT_FETCH, Command.STMT_EXECUTE, Command.STMT_RESET):
             self.unpin(PIN_CURSOR)
-        if warnings or (stmt is not None and Kind.CALC_FOUND_ROWS in stmt.kind):
+        # The next statement may ask for these warnings / errors / found rows: keep the link for it.
+        if warnings or error_code or (stmt is not None and Kind.CALC_FOUND_ROWS in stmt.kind):
             self.pin(PIN_NEXT_STATEMENT)
+        return charset_changed
 
     def _statement_pins(self, stmt: Classified) -> None:
         k = stmt.kind

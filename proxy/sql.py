@@ -104,12 +104,15 @@ def classify(sql: bytes) -> Classified | None:
     return out if out.kind else None
 
 
-_CONNECTION_ID_CALL = re.compile(rb"\bconnection_id\s*\(\s*\)", re.I)
-_ONLY_CONNECTION_ID = re.compile(rb"^\s*select\s+connection_id\s*\(\s*\)\s*;?\s*$", re.I)
+def rewrite_call(sql: bytes, function: str, value: int) -> bytes:
+    """Replace ``FUNCTION()`` with a value the proxy knows (the column keeps its name when alone)."""
+    name = function.encode()
+    alone = re.match(rb"^\s*select\s+(" + name + rb"\s*\(\s*\))\s*;?\s*$", sql, re.I)
+    if alone:
+        return b"SELECT %d AS `%s`" % (value, alone.group(1))
+    return re.sub(rb"\b" + name + rb"\s*\(\s*\)", b"(%d)" % value, sql, flags=re.I)
 
 
 def rewrite_connection_id(sql: bytes, proxy_id: int) -> bytes:
     """Make CONNECTION_ID() answer the id the client's greeting gave it."""
-    if _ONLY_CONNECTION_ID.match(sql):
-        return b"SELECT %d AS `CONNECTION_ID()`" % proxy_id
-    return _CONNECTION_ID_CALL.sub(b"%d" % proxy_id, sql)
+    return rewrite_call(sql, "connection_id", proxy_id)

@@ -77,6 +77,7 @@ class ResponseTracker:
     error_code: int = 0
     rows: int = 0
     cursor_open: bool = False
+    result_set: bool = False  # the (last) result was rows, not an OK
     prepare: PrepareOK | None = None
     state_blocks: list[bytes] = field(default_factory=list)
     unexplained_change: bool = False
@@ -90,6 +91,7 @@ class ResponseTracker:
         self.state = _SINGLE if command in _SINGLE_PACKET else _FIELD_LIST if command == Command.FIELD_LIST else _ROWS if command == Command.STMT_FETCH else _FIRST
         self.status = self.warnings = self.affected_rows = self.insert_id = self.error_code = self.rows = 0
         self.cursor_open = False
+        self.result_set = False
         self.prepare = None
         self.state_blocks = []
         self.unexplained_change = False
@@ -120,6 +122,7 @@ class ResponseTracker:
                 raise ProtocolError("invalid column count")
             self._columns_left = n
             self.state = _COLUMNS
+            self.result_set = True
             return MORE, None
         if state == _COLUMNS:
             if self._columns_left:
@@ -165,6 +168,7 @@ class ResponseTracker:
         if self.command == Command.STMT_PREPARE:
             return self._prepare_ok(p)
         ok = parse_ok(p, Cap.SESSION_TRACK)
+        self.result_set = False
         self.status = ok.status
         self.warnings = ok.warnings
         self.affected_rows = ok.affected_rows
