@@ -244,6 +244,7 @@ class BackendLink(asyncio.Protocol):
         self._mode = _EXCHANGE
         if self.closed or self.transport is None:
             raise self._lost or LinkLost("link closed")
+        self.uses += 1  # per-statement values (ROW_COUNT() ...) are no longer the last client's
         self.transport.write(b"".join(frame(bytes((cmd,)) + arg, 0) for cmd, arg in commands))
         results = []
         error: ServerError | None = None
