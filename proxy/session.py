@@ -10,6 +10,7 @@ and decides whether the session must keep its link (pin) and why.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -73,6 +74,9 @@ class LinkState:
         return LinkState(self.schema, dict(self.variables), self.multi_statements)
 
 
+# A value the server gave as a plain number (not "0012", which a string variable may hold).
+_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?\Z")
+
 # Variables the tracker reports as an empty string when they are NULL.
 NULLABLE = frozenset({"character_set_results"})
 
@@ -81,7 +85,7 @@ def literal(value: str, name: str = "") -> str:
     """SQL literal for a variable value as the tracker reported it."""
     if not value and name in NULLABLE:
         return "NULL"
-    if value.lstrip("-").replace(".", "", 1).isdigit():
+    if _NUMBER.match(value):
         return value
     if "\\" in value:
         # A hex string is read the same whatever NO_BACKSLASH_ESCAPES says.
@@ -254,6 +258,9 @@ class Session:
             self.unpin(PIN_XA)
         if Kind.HANDLER_OPEN in k:
             self.pin(PIN_HANDLER)
+        if Kind.USER_VARIABLE_ASSIGNED in k:
+            # The server reports SET @v only; SELECT ... INTO @v, @v := ... and CALL p(@v) say nothing.
+            self.pin(PIN_STATE)
 
     def forget_link_state(self) -> None:
         """The link holding this session's state is gone (reset, died): so is that state."""

@@ -34,6 +34,7 @@ class Kind(Flag):
     USER_VARIABLE = auto()
     TEMPORARY_TABLE = auto()
     LOAD_LOCAL = auto()  # LOAD DATA / LOAD XML ... LOCAL INFILE
+    USER_VARIABLE_ASSIGNED = auto()  # @v := ..., INTO @v, CALL p(@v): no tracker reports these
 
 
 @dataclass
@@ -51,7 +52,7 @@ _TRIGGER = re.compile(
     re.I,
 )
 # Statement-leading keywords: at the start, after a ';', or after leading comments.
-_LEAD = rb"(?:^|;)\s*(?:/\*.*?\*/\s*)*"
+_LEAD = rb"(?:^|;)\s*(?:(?:/\*.*?\*/|--\s[^\n]*(?:\n|$)|#[^\n]*(?:\n|$))\s*)*"
 _RULES: list[tuple[Kind, re.Pattern[bytes]]] = [
     (Kind.LOCK_TABLES, re.compile(_LEAD + rb"(?:lock\s+tables?\b|flush\s+tables?\b.*\bwith\s+read\s+lock)", re.I | re.S)),
     (Kind.UNLOCK_TABLES, re.compile(_LEAD + rb"unlock\s+tables?\b", re.I | re.S)),
@@ -75,6 +76,7 @@ _RULES: list[tuple[Kind, re.Pattern[bytes]]] = [
     (Kind.SET_TRANSACTION, re.compile(_LEAD + rb"set\s+transaction\b", re.I | re.S)),
     (Kind.USER_VARIABLE, re.compile(rb"(?<![@\w])@(?!@)", re.I)),
     (Kind.TEMPORARY_TABLE, re.compile(rb"\bcreate\s+(?:or\s+replace\s+)?temporary\s+table\b", re.I)),
+    (Kind.USER_VARIABLE_ASSIGNED, re.compile(rb"(?<![@\w])@`?\w+`?\s*:=|\binto\s+@(?!@)|\bcall\b[^;]*(?<![@\w])@(?!@)", re.I | re.S)),
     (Kind.LOAD_LOCAL, re.compile(_LEAD + rb"load\s+(?:data|xml)\s+(?:(?:low_priority|concurrent)\s+)?local\b", re.I | re.S)),
 ]
 _PREPARE = re.compile(_LEAD + rb"prepare\s+`?(\w+)`?\s+from\b", re.I | re.S)

@@ -275,8 +275,6 @@ async def test_field_list(link: BackendLink) -> None:
     assert track(Command.FIELD_LIST, pk).error_code == 1146
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: COM_PROCESS_INFO is answered with a text result set, but "
-                   "responses.py lists it in _SINGLE_PACKET, so the tracker says DONE after the column count")
 async def test_process_info(link: BackendLink) -> None:
     pk = await capture(link, Command.PROCESS_INFO)
     assert len(pk) > 5 and pk[0] == b"\x09"  # 9 columns (Id, User, Host, db, Command, Time, State, Info, Progress)
@@ -386,9 +384,6 @@ def test_short_eof_after_column_definitions_reference() -> None:
     assert [tr.feed(len(p), memoryview(p))[0] for p in (b"\x01", b"\x03def", b"\xfe\x00\x00\x02\x00")] == [MORE] * 3
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a short 0xFE packet after the column definitions raises struct.error "
-                   "instead of ProtocolError (responses.py, state _COLUMNS: struct.unpack_from('<HH', p, 1) "
-                   "without a length check)")
 def test_short_eof_after_column_definitions_is_protocol_error() -> None:
     tr = ResponseTracker()
     tr.start(Command.QUERY)
@@ -396,12 +391,6 @@ def test_short_eof_after_column_definitions_is_protocol_error() -> None:
     tr.feed(4, memoryview(b"\x03def"))
     with pytest.raises(ProtocolError):
         tr.feed(1, memoryview(b"\xfe"))
-
-
-def _known_bug(tr: ResponseTracker, p: bytes) -> bool:
-    # The struct.error of test_short_eof_after_column_definitions_is_protocol_error: skip that one
-    # case here so this test keeps guarding everything else. Remove once it is fixed.
-    return tr.state == 1 and not tr._columns_left and p[:1] == b"\xfe" and len(p) < 5
 
 
 _FIRST_BYTES = st.sampled_from([0x00, 0x01, 0x02, 0x03, 0xFB, 0xFC, 0xFD, 0xFE, 0xFF])
@@ -422,8 +411,6 @@ def test_garbage_gives_events_or_protocol_error(cmd: int, packets: list[tuple[by
     tr = ResponseTracker(client_caps=Cap.SESSION_TRACK if with_track else 0)
     tr.start(cmd)
     for p, big in packets:
-        if _known_bug(tr, p):
-            return
         length = len(p) + SMALL_PACKET if big and p else len(p)
         try:
             event, replacement = tr.feed(length, memoryview(p))

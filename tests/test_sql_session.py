@@ -72,8 +72,8 @@ K = Kind
         (b"SELECT CONNECTION_ID()", K.CONNECTION_ID),
         (b"SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", K.SET_TRANSACTION),
         (b"SET @u = 1", K.USER_VARIABLE),
-        (b"SELECT 1 INTO @x", K.USER_VARIABLE),
-        (b"SELECT @a := 1", K.USER_VARIABLE),
+        (b"SELECT 1 INTO @x", K.USER_VARIABLE | K.USER_VARIABLE_ASSIGNED),
+        (b"SELECT @a := 1", K.USER_VARIABLE | K.USER_VARIABLE_ASSIGNED),
         (b"CREATE TEMPORARY TABLE tmp (a INT)", K.TEMPORARY_TABLE),
         (b"create or replace temporary table tmp (a int)", K.TEMPORARY_TABLE),
         (b"LOCK TABLES t WRITE; SELECT GET_LOCK('a', 0)", K.LOCK_TABLES | K.GET_LOCK),
@@ -137,9 +137,6 @@ def test_classify_kill(sql: bytes, kill_id: int, query_only: bool) -> None:
     assert (c.kill_id, c.kill_query_only) == (kill_id, query_only)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: statement-leading rules (_LEAD in sql.py) skip only /* */ comments; "
-                   "a '-- ' or '#' comment line before LOCK TABLES hides it, and the server's tracker does not "
-                   "report LOCK TABLES, so the session is not pinned while it holds table locks")
 @pytest.mark.parametrize("sql", [b"-- refresh\nLOCK TABLES t WRITE", b"# refresh\nLOCK TABLES t WRITE"])
 def test_classify_lock_tables_after_line_comment(sql: bytes) -> None:
     c = classify(sql)
@@ -357,10 +354,7 @@ SCENARIOS = [
     pytest.param([b"SET collation_connection='utf8mb4_unicode_ci'"], id="collation_only"),
     pytest.param([b"SET NAMES latin1", b"SET character_set_results=NULL"], id="results_null"),
     pytest.param([b"SET default_master_connection='it''s a \\\\ path'"], id="quote_and_backslash"),
-    pytest.param([b"SET default_master_connection='0012'"], id="numeric_looking_string",
-                 marks=pytest.mark.xfail(strict=True, reason="BUG: literal() in session.py sends a string value "
-                                         "that looks like a number unquoted; the server refuses "
-                                         "SET @@session.default_master_connection = 0012 (1232)")),
+    pytest.param([b"SET default_master_connection='0012'"], id="numeric_looking_string"),
 ]
 
 
@@ -464,9 +458,6 @@ async def test_session_pins_from_real_responses(mariadb: MariaDB) -> None:
         assert not session.pinned, statements
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: MariaDB reports a user-variable change only for SET @v; SELECT ... "
-                   "INTO @v, SELECT @v := ... and CALL p(@v) send no state change, and Session.after_response "
-                   "pins PIN_STATE only on a reported change, so the variable is lost when the link is reused")
 @pytest.mark.parametrize("sql", [b"SELECT 41 INTO @x", b"SELECT @x := 41", b"DO @x := 41"])
 async def test_user_variable_assigned_outside_set_pins(mariadb: MariaDB, sql: bytes) -> None:
     session, _after, _fresh = await tracked(mariadb, [sql])

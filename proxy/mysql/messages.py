@@ -131,6 +131,8 @@ def parse_handshake(p: bytes) -> Handshake:
     plugin = "mysql_native_password"
     part2 = b""
     if len(p) > pos:
+        if len(p) < pos + 16:
+            raise ProtocolError("truncated handshake")
         collation = p[pos]
         status, caps_hi = struct.unpack_from("<HH", p, pos + 1)
         caps |= caps_hi << 16
@@ -142,7 +144,7 @@ def parse_handshake(p: bytes) -> Handshake:
             pos += n
         if caps & Cap.PLUGIN_AUTH and pos < len(p):
             end = p.find(b"\x00", pos)
-            plugin = p[pos : end if end >= 0 else len(p)].decode()
+            plugin = p[pos : end if end >= 0 else len(p)].decode(errors="replace")
     return Handshake(version.decode(errors="replace"), conn_id, part1 + part2, caps, collation, status, plugin)
 
 
@@ -230,7 +232,7 @@ def build_auth_switch(plugin: str, data: bytes) -> bytes:
 
 def parse_auth_switch(p: bytes) -> tuple[str, bytes]:
     name, pos = read_nul_str(p, 1)
-    return name.decode(), p[pos:].rstrip(b"\x00")
+    return name.decode(errors="replace"), p[pos:].rstrip(b"\x00")
 
 
 # -- OK / ERR / EOF ---------------------------------------------------------------

@@ -46,13 +46,12 @@ _SINGLE_PACKET = frozenset(
         Command.DROP_DB,
         Command.SHUTDOWN,
         Command.TIME,
-        Command.PROCESS_INFO,
     }
 )
 # Commands the server never answers.
 NO_RESPONSE = frozenset({Command.QUIT, Command.STMT_CLOSE, Command.STMT_SEND_LONG_DATA})
 # Commands the tracker can follow (COM_CHANGE_USER is an auth exchange, handled apart).
-TRACKED = _SINGLE_PACKET | {Command.QUERY, Command.FIELD_LIST, Command.STMT_PREPARE, Command.STMT_EXECUTE, Command.STMT_FETCH}
+TRACKED = _SINGLE_PACKET | {Command.QUERY, Command.PROCESS_INFO, Command.FIELD_LIST, Command.STMT_PREPARE, Command.STMT_EXECUTE, Command.STMT_FETCH}
 
 
 @dataclass
@@ -128,7 +127,7 @@ class ResponseTracker:
             if self._columns_left:
                 self._columns_left -= 1
                 return MORE, None
-            if first != 0xFE:
+            if first != 0xFE or length < 5:
                 raise ProtocolError("missing EOF after column definitions")
             _w, status = struct.unpack_from("<HH", p, 1)
             self.status = status
