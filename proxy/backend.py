@@ -113,6 +113,7 @@ class BackendLink(asyncio.Protocol):
         self.created = time.monotonic()
         self.last_used = self.created
         self.leased_by: int | None = None  # proxy id of the client holding it
+        self.in_pool = False  # in the pool's idle list
         self.closed = False
         self.uses = 0  # statements served; tells whether a link was touched since a session used it
         # The last statement on the link left warnings or an error (SHOW WARNINGS would show them).

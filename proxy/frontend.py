@@ -34,7 +34,7 @@ from .mysql.messages import (
 )
 from .mysql.packets import PacketReader, ProtocolError, frame
 from .mysql.responses import DONE, INFILE, NO_RESPONSE, TRACKED
-from .pool import PoolTimeout
+from .pool import PoolTimeout, Waiter
 from .mysql.stmt import bind_execute, statement_id, with_statement_id
 from .session import (
     PIN_CURSOR,
@@ -95,6 +95,7 @@ class ClientConnection(asyncio.Protocol):
         self._follow_up = False
         self._paused_reading = False
         self._deferred_error: tuple[int, str] | None = None
+        self._waiter: Waiter | None = None  # queued in the pool for a link
         self.statements = 0
         self.is_admin = False
 
@@ -158,6 +159,9 @@ class ClientConnection(asyncio.Protocol):
         self.server.clients.pop(self.proxy_id, None)
         if self._handshake_timer:
             self._handshake_timer.cancel()
+        if self._waiter is not None:
+            self.pool.cancel(self._waiter)
+            self._waiter = None
         link, self.link = self.link, None
         if link is None:
             return
@@ -372,22 +376,44 @@ class ClientConnection(asyncio.Protocol):
         self._current = (seq, payload, cmd, stmt)
         self._follow_up = stmt is not None and Kind.FOLLOW_UP in stmt.kind
         link = self.link
-        if link is None:
-            link = self._follow_up_link() if self._follow_up else None
-            if link is None:
-                link = self.pool.try_acquire(self._key())
-            self._fresh_link = True
-            if link is not None and self._needs_preparation(link):
-                self.link = link
-                link.leased_by = self.proxy_id
-                self.server.spawn(self._replay_and_send(link))
-                return
-        else:
+        if link is not None:
             self._fresh_link = False
-        if link is None:
-            self.server.spawn(self._lease_and_send())
+            self._send(link)
             return
-        self._send(link)
+        link = self._follow_up_link() if self._follow_up else None
+        if link is None:
+            self._lease()
+        else:
+            self._leased(link)
+
+    def _lease(self) -> None:
+        """A link for the current command: now, or when the pool calls back."""
+        got = self.pool.lease(self._key(), self._on_lease)
+        if isinstance(got, Waiter):
+            self._waiter = got
+        else:
+            self._leased(got)
+
+    def _on_lease(self, link: BackendLink | None, error: PoolTimeout | None) -> None:
+        self._waiter = None
+        if link is None:
+            message = error.message if error else "no link"
+            log.warning("client %d: %s", self.proxy_id, message)
+            self._answer_error(POOL_BUSY, message)
+            return
+        if self._phase == _CLOSED:
+            self.pool.release(link)
+            return
+        self._leased(link)
+
+    def _leased(self, link: BackendLink) -> None:
+        self.link = link
+        link.leased_by = self.proxy_id
+        self._fresh_link = True
+        if self._needs_preparation(link):
+            self.server.spawn(self._replay_and_send(link))
+        else:
+            self._send(link)
 
     def _follow_up_link(self) -> BackendLink | None:
         """A statement about the previous one (ROW_COUNT(), SHOW WARNINGS ...): its link, if untouched.
@@ -453,7 +479,7 @@ class ClientConnection(asyncio.Protocol):
         except (LinkLost, OSError):
             self.link = None
             self.pool.discard(link)
-            await self._retry_or_fail(received_any=False)
+            self._retry_or_fail(received_any=False)
             return
         prepared = reply.tracker.prepare
         assert prepared is not None
@@ -500,25 +526,6 @@ class ClientConnection(asyncio.Protocol):
             return False
         return True
 
-    async def _lease_and_send(self) -> None:
-        assert self.session is not None
-        try:
-            link = await self.pool.acquire(self._key())
-        except PoolTimeout as e:
-            log.warning("client %d: %s", self.proxy_id, e.message)
-            self._answer_error(POOL_BUSY, e.message)
-            return
-        if self._phase == _CLOSED:
-            self.pool.release(link)
-            return
-        self.link = link
-        link.leased_by = self.proxy_id
-        self._fresh_link = True
-        if self._needs_preparation(link):
-            await self._replay_and_send(link)
-        else:
-            self._send(link)
-
     async def _replay_and_send(self, link: BackendLink) -> None:
         """Bring the link to the session's state (one pipelined round trip), then send."""
         assert self.session is not None
@@ -541,7 +548,7 @@ class ClientConnection(asyncio.Protocol):
         except (LinkLost, OSError):
             self.link = None
             self.pool.discard(link)
-            await self._retry_or_fail(received_any=False)
+            self._retry_or_fail(received_any=False)
             return
         if self._phase == _CLOSED:
             self.link = None
@@ -646,9 +653,9 @@ class ClientConnection(asyncio.Protocol):
         self.pool.discard(link)
         if self._phase == _CLOSED:
             return
-        self.server.spawn(self._retry_or_fail(received_any))
+        self._retry_or_fail(received_any)
 
-    async def _retry_or_fail(self, received_any: bool) -> None:
+    def _retry_or_fail(self, received_any: bool) -> None:
         """A link died under a command. Retry only when it cannot have run."""
         session = self.session
         assert session is not None and self._current is not None
@@ -656,7 +663,7 @@ class ClientConnection(asyncio.Protocol):
         if not received_any and self._fresh_link and not in_transaction and not session.pinned and not self._retried:
             self._retried = True
             log.info("client %d: link died before answering; sending the statement again on a new link", self.proxy_id)
-            await self._lease_and_send()
+            self._lease()
             return
         what = "the open transaction was rolled back" if in_transaction else "the statement may or may not have run"
         lost_state = ", ".join(session.pins) or "none"
