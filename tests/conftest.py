@@ -166,6 +166,9 @@ class MariaDB:
             "--bind-address=127.0.0.1",
             f"--socket={self.socket}",
             f"--pid-file={self.datadir}/mariadbd.pid",
+            # Our own temp dir: information_schema queries (PROCESSLIST has a LONGTEXT column) make
+            # on-disk temp tables, and a shared /tmp that other processes clean breaks them.
+            f"--tmpdir={self._tmpdir()}",
             f"--log-error={self.log_path}",
             "--max-connections=500",
             "--skip-name-resolve",  # no DNS on connect: hosts are matched by IP ('%' and '127.0.0.1')
@@ -181,6 +184,11 @@ class MariaDB:
             "--character-set-server=utf8mb4",
             "--collation-server=utf8mb4_general_ci",
         ]
+
+    def _tmpdir(self) -> Path:
+        d = Path(self.datadir).parent / "tmp"
+        d.mkdir(exist_ok=True)
+        return d
 
     @property
     def running(self) -> bool:
@@ -362,6 +370,8 @@ def mariadb() -> Iterator[MariaDB]:
         base = Path(tempfile.mkdtemp(prefix="mpp-mariadb-", dir="/tmp"))
         datadir, sock = base / "data", base / "sock"
 
+    tmpdir = base / "tmp"  # see MariaDB._tmpdir
+    tmpdir.mkdir()
     # Options after the known ones are handed to the bootstrap server: a small redo log
     # from the start saves writing and later resizing 96 MiB.
     r = subprocess.run(
@@ -374,6 +384,7 @@ def mariadb() -> Iterator[MariaDB]:
             "--skip-test-db",
             "--innodb-log-file-size=16M",
             "--innodb-use-native-aio=0",
+            f"--tmpdir={tmpdir}",
         ],
         stdin=subprocess.DEVNULL,
         capture_output=True,
