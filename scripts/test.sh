@@ -7,6 +7,8 @@
 #    binaries are missing: the suite starts its own private server and needs them.
 # 2. Creates (or reuses) a virtualenv in .venv and installs the project with its test extras;
 #    the install is skipped while pyproject.toml is unchanged, so a prepared machine needs no network.
+#    Before pip runs, the build needs of mysqlclient (libmariadb-dev, pkg-config, a C compiler,
+#    Python headers) are installed with apt-get when missing.
 # 3. Runs pytest and exits with its status. "No tests collected" (pytest's 5) counts as a failure:
 #    a run that tested nothing must not look green.
 set -euo pipefail
@@ -82,11 +84,33 @@ if [ ! -d "$VENV" ]; then
     fi
 fi
 
+# mysqlclient (a test dependency, also Django's MySQL driver) has no Linux wheels: pip compiles it
+# against the MariaDB client library, found through pkg-config. Checked by file, so a prepared
+# machine needs no network; only asked for when pip is about to run.
+build_deps_missing() {
+    local missing=()
+    if ! command -v pkg-config >/dev/null 2>&1; then
+        missing+=(pkg-config libmariadb-dev)
+    elif ! pkg-config --exists mariadb && ! pkg-config --exists mysqlclient; then
+        missing+=(libmariadb-dev)
+    fi
+    command -v cc >/dev/null 2>&1 || missing+=(gcc)
+    if ! "$VENV/bin/python" -c 'import os, sys, sysconfig
+sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)' 2>/dev/null; then
+        missing+=(python3-dev)
+    fi
+    printf '%s\n' "${missing[@]}"
+}
+
 # Reinstall only when the dependency list changed; the editable install tracks code changes itself.
 STAMP="$VENV/.mysql-pool-proxy-installed"
 WANT=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ] ||
-    ! "$VENV/bin/python" -c 'import pytest, pytest_asyncio, pymysql, yaml, hypothesis' >/dev/null 2>&1; then
+    ! "$VENV/bin/python" -c 'import pytest, pytest_asyncio, pymysql, yaml, hypothesis, MySQLdb, mysql.connector, sqlalchemy, django' >/dev/null 2>&1; then
+    mapfile -t NEED < <(build_deps_missing)
+    if [ "${#NEED[@]}" -gt 0 ] && [ -n "${NEED[0]}" ]; then
+        apt_install "${NEED[@]}"
+    fi
     say "installing the project and its test dependencies into $VENV"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test,speed]'
     echo "$WANT" >"$STAMP"
