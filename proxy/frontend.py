@@ -59,6 +59,7 @@ _LOCAL_INFILE_MESSAGE = "The used command is not allowed because the MariaDB ser
 ER_STMT_HAS_NO_OPEN_CURSOR = 1421
 # Only a statement that reads a table clears the server's warning list (SELECT 1 and DO 0 do not).
 CLEAR_DIAGNOSTICS = b"DO (SELECT COUNT(*) FROM (SELECT 1) AS t)"
+READ_BACK = CHARSET_FACTS + b", LAST_INSERT_ID()"
 # Commands naming a binary statement by the id the proxy gave the client.
 _BY_STATEMENT = frozenset({Command.STMT_EXECUTE, Command.STMT_FETCH, Command.STMT_RESET,
                            Command.STMT_SEND_LONG_DATA, Command.STMT_CLOSE})
@@ -594,8 +595,8 @@ class ClientConnection(asyncio.Protocol):
         _seq, payload, cmd, stmt = self._current
         tr = link.tracker
         session = self.session
-        charset_changed = session.after_response(
-            cmd, tr.status, not tr.error_code, tr.error_code, tr.state_blocks, tr.unexplained_change,
+        read_back = session.after_response(
+            cmd, tr.status if tr.status_known else None, not tr.error_code, tr.error_code, tr.state_blocks, tr.unexplained_change,
             tr.warnings, tr.insert_id, tr.cursor_open, stmt, link.state,
         )
         if cmd in (Command.QUERY, Command.STMT_EXECUTE):
@@ -609,25 +610,27 @@ class ClientConnection(asyncio.Protocol):
             link.remember_statement(sql, tr.prepare.statement_id, tr.prepare.num_params)
         elif cmd in (Command.STMT_EXECUTE, Command.STMT_RESET):
             session.unpin(PIN_LONG_DATA)
-        if charset_changed:
+        if read_back:
             link.set_held()
-            self.server.spawn(self._read_charset_then_finish(link))
+            self.server.spawn(self._read_back_then_finish(link))
             return
         self._finish(link)
 
-    async def _read_charset_then_finish(self, link: BackendLink) -> None:
-        """Read back the character set and collation the statement left (one round trip)."""
+    async def _read_back_then_finish(self, link: BackendLink) -> None:
+        """Read back state the server does not report (collation, LAST_INSERT_ID(expr)): one round trip."""
         assert self.session is not None
         try:
-            (reply,) = await link.exchange([(Command.QUERY, CHARSET_FACTS)])
+            (reply,) = await link.exchange([(Command.QUERY, READ_BACK)])
         except (ServerError, LinkLost, OSError) as e:
-            log.info("client %d: could not read the character set back (%s); closing that link", self.proxy_id, e)
+            log.info("client %d: could not read session state back (%s); closing that link", self.proxy_id, e)
             self.link = None
             self.pool.discard(link)
             self.session.forget_link_state()
             self._done()
             return
-        values = charset_values(reply.rows()[0])
+        row = reply.rows()[0]
+        values = charset_values(row)
+        values["last_insert_id"] = row[4] or "0"
         self.session.state.variables.update(values)
         link.state.variables.update(values)
         self._finish(link)

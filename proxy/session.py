@@ -48,6 +48,13 @@ NOT_REPLAYABLE = frozenset(
     }
 )
 
+# What the proxy itself sets on every link: a client (another proxy, say) setting the same is a no-op.
+TRACKING_SETUP_VALUES = {
+    "session_track_schema": "ON",
+    "session_track_state_change": "ON",
+    "session_track_system_variables": "*",
+}
+
 # Pin reasons. A reason names what the session holds; it ends as noted.
 PIN_TRANSACTION = "transaction"  # until the server reports no open transaction
 PIN_TABLE_LOCK = "LOCK TABLES"  # until UNLOCK TABLES
@@ -174,15 +181,16 @@ class Session:
         if stmt is None or Kind.FOLLOW_UP not in stmt.kind:
             self.unpin(PIN_NEXT_STATEMENT)
 
-    def after_response(self, command: int, status: int, ok: bool, error_code: int, state_blocks: list[bytes],
+    def after_response(self, command: int, status: int | None, ok: bool, error_code: int, state_blocks: list[bytes],
                        unexplained_change: bool, warnings: int, insert_id: int, cursor_open: bool,
                        stmt: Classified | None, link: LinkState) -> bool:
         """Fold one complete response into the session and its link, and update pins.
 
-        True when the server reported a character-set change: the server does not
-        report the collation that comes with it, so the caller reads it back.
+        True when the caller must read state back from the link: the server does
+        not report the collation a character-set change brings, nor the value
+        LAST_INSERT_ID(expr) set inside a result set.
         """
-        charset_changed = False
+        charset_changed = stmt is not None and bool(stmt.kind & Kind.SETS_LAST_INSERT_ID) and not error_code
         for block in state_blocks:
             changes = parse_session_state(block)
             if changes.schema is not None:
@@ -190,6 +198,8 @@ class Session:
             names = {name for name, _ in changes.variables}
             charset_changed = charset_changed or not names.isdisjoint(CHARSET_VARIABLES)
             for name, value in changes.variables:
+                if TRACKING_SETUP_VALUES.get(name) == value:
+                    continue
                 link.variables[name] = value
                 if name in NOT_REPLAYABLE:
                     self.pin(PIN_STATE)
@@ -210,7 +220,9 @@ class Session:
             # LAST_INSERT_ID() follows the link; replaying last_insert_id keeps it per session.
             self.state.variables["last_insert_id"] = link.variables["last_insert_id"] = str(insert_id)
 
-        if status & Status.IN_TRANS:
+        if status is None:
+            pass  # the answer carried no status flags (COM_STMT_PREPARE): the transaction state stands
+        elif status & Status.IN_TRANS:
             self.pin(PIN_TRANSACTION)
         else:
             self.unpin(PIN_TRANSACTION)

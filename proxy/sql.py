@@ -34,6 +34,7 @@ class Kind(Flag):
     USER_VARIABLE = auto()
     TEMPORARY_TABLE = auto()
     LOAD_LOCAL = auto()  # LOAD DATA / LOAD XML ... LOCAL INFILE
+    SETS_LAST_INSERT_ID = auto()  # LAST_INSERT_ID(expr): the new value may only be in a result set
     USER_VARIABLE_ASSIGNED = auto()  # @v := ..., INTO @v, CALL p(@v): no tracker reports these
 
 
@@ -48,7 +49,7 @@ class Classified:
 # One scan finds whether anything is worth a closer look.
 _TRIGGER = re.compile(
     rb"lock|prepare|deallocate|found_rows|\bxa\b|handler|kill|connection_id|row_count|warning|"
-    rb"error|diagnostics|transaction|@|temporary|local",
+    rb"error|diagnostics|transaction|@|temporary|local|insert_id",
     re.I,
 )
 # Statement-leading keywords: at the start, after a ';', or after leading comments.
@@ -76,6 +77,7 @@ _RULES: list[tuple[Kind, re.Pattern[bytes]]] = [
     (Kind.SET_TRANSACTION, re.compile(_LEAD + rb"set\s+transaction\b", re.I | re.S)),
     (Kind.USER_VARIABLE, re.compile(rb"(?<![@\w])@(?!@)", re.I)),
     (Kind.TEMPORARY_TABLE, re.compile(rb"\bcreate\s+(?:or\s+replace\s+)?temporary\s+table\b", re.I)),
+    (Kind.SETS_LAST_INSERT_ID, re.compile(rb"\blast_insert_id\s*\(\s*[^\s)]", re.I)),
     (Kind.USER_VARIABLE_ASSIGNED, re.compile(rb"(?<![@\w])@`?\w+`?\s*:=|\binto\s+@(?!@)|\bcall\b[^;]*(?<![@\w])@(?!@)", re.I | re.S)),
     (Kind.LOAD_LOCAL, re.compile(_LEAD + rb"load\s+(?:data|xml)\s+(?:(?:low_priority|concurrent)\s+)?local\b", re.I | re.S)),
 ]
@@ -84,8 +86,14 @@ _DEALLOCATE = re.compile(_LEAD + rb"(?:deallocate|drop)\s+prepare\s+`?(\w+)`?", 
 _KILL = re.compile(_LEAD + rb"kill\s+(?:(hard|soft)\s+)?(?:(query|connection)\s+)?(\d+)\s*;?\s*$", re.I | re.S)
 
 
+# Only the head of a statement is classified: a 16 MiB INSERT must not stall
+# the event loop in regex scans (what matters is at the start or near it).
+CLASSIFY_LIMIT = 64 * 1024
+
+
 def classify(sql: bytes) -> Classified | None:
     """None for the common query that needs no special handling."""
+    sql = sql[:CLASSIFY_LIMIT]
     if not _TRIGGER.search(sql):
         return None
     out = Classified()

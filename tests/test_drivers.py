@@ -1351,12 +1351,6 @@ def test_200_django_like_sessions_share_4_links(mariadb: MariaDB, proxy_factory:
         assert int(rows[0][2]) == n_sessions * 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the answer to a COM_STMT_PREPARE sent inside a transaction drops the session's transaction "
-    "pin; the link goes back to the pool with the transaction open, another client's autocommit statements "
-    "run inside it, and the client's own EXECUTE/ROLLBACK land on another link",
-)
 def test_connector_prepare_inside_transaction(mariadb: MariaDB, proxy_factory: Callable[..., ProxyProcess]) -> None:
     """mysql-connector prepares a statement (COM_STMT_PREPARE) inside an open transaction, then
     executes it; meanwhile another client runs an autocommit INSERT. The transaction must stay on

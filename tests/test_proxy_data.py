@@ -351,8 +351,6 @@ def test_last_insert_id_and_lastrowid_match_direct(mariadb, proxy_factory, links
     assert len(got) == len(expected)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: LAST_INSERT_ID(expr) set by a SELECT is lost when the session "
-                   "changes links; the proxy replays the id of the last INSERT over it")
 def test_last_insert_id_with_an_argument_matches_direct(mariadb, proxy_factory) -> None:
     ddl = "(id INT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(20)) ENGINE=InnoDB"
 

@@ -70,6 +70,7 @@ class ResponseTracker:
     command: int = Command.QUERY
     state: int = _FIRST
     status: int = 0
+    status_known: bool = False  # an OK or EOF gave status flags (a PREPARE answer has none)
     warnings: int = 0
     affected_rows: int = 0
     insert_id: int = 0
@@ -89,6 +90,7 @@ class ResponseTracker:
         self.statement_alias = statement_alias
         self.state = _SINGLE if command in _SINGLE_PACKET else _FIELD_LIST if command == Command.FIELD_LIST else _ROWS if command == Command.STMT_FETCH else _FIRST
         self.status = self.warnings = self.affected_rows = self.insert_id = self.error_code = self.rows = 0
+        self.status_known = False
         self.cursor_open = False
         self.result_set = False
         self.prepare = None
@@ -131,6 +133,7 @@ class ResponseTracker:
                 raise ProtocolError("missing EOF after column definitions")
             _w, status = struct.unpack_from("<HH", p, 1)
             self.status = status
+            self.status_known = True
             if status & Status.CURSOR_EXISTS and self.command == Command.STMT_EXECUTE:
                 self.cursor_open = True
                 return DONE, None
@@ -169,6 +172,7 @@ class ResponseTracker:
         ok = parse_ok(p, Cap.SESSION_TRACK)
         self.result_set = False
         self.status = ok.status
+        self.status_known = True
         self.warnings = ok.warnings
         self.affected_rows = ok.affected_rows
         self.insert_id = ok.last_insert_id
@@ -209,6 +213,7 @@ class ResponseTracker:
     def _eof(self, p: memoryview) -> int:
         if len(p) >= 5:
             self.warnings, self.status = struct.unpack_from("<HH", p, 1)
+            self.status_known = True
         if self.status & Status.SESSION_STATE_CHANGED:
             self.unexplained_change = True
         if self.command == Command.STMT_FETCH:
