@@ -582,10 +582,8 @@ class ClientConnection(asyncio.Protocol):
     def relay_chunks(self, chunks: Sequence[bytes | memoryview]) -> None:
         t = self.transport
         if t is not None and not t.is_closing():
-            if len(chunks) == 1:
-                t.write(chunks[0])
-            else:
-                t.writelines(chunks)
+            # Whole bytes, not memoryviews: the event loop sends bytes without an extra buffering step.
+            t.write(chunks[0] if len(chunks) == 1 and type(chunks[0]) is bytes else b"".join(chunks))
 
     def relay_done(self, link: BackendLink, event: int) -> None:
         if event == INFILE:

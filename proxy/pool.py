@@ -10,7 +10,7 @@ idle link at once or queues the caller's callback. Openers are tasks that
 belong to the pool, not to a client: they open a link and give it to the first
 waiter, retrying with capped backoff while the server is down and anyone
 waits. A waiter whose ``queue_timeout`` passes gets a PoolTimeout through its
-callback. So a queued command costs one deque entry and one timer, no task.
+callback. So a queued command costs one deque entry: no task, no timer of its own.
 
 The pool knows nothing of SQL. Links are partitioned by ``key`` (whether the
 link was opened with CLIENT_FOUND_ROWS, which changes what the server answers);
@@ -56,8 +56,7 @@ class PoolTimeout(Exception):
 class Waiter:
     key: bool
     callback: LeaseCallback
-    since: float
-    timer: asyncio.TimerHandle | None = None
+    since: float  # event-loop time
     done: bool = False
 
 
@@ -92,6 +91,9 @@ class Pool:
     _last_probe: float = 0.0
     _first_link_done: bool = False
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    # One timer for the queue's head: every waiter has the same queue_timeout, so
+    # deadlines grow along the FIFO and the head's is always the next to fire.
+    _timer: asyncio.TimerHandle | None = None
 
     def __post_init__(self) -> None:
         self.effective_cap = self.cfg.max_connections
@@ -148,13 +150,12 @@ class Pool:
                     link.in_pool = False
                     self.stats.leases += 1
                     return link
-        now = time.monotonic()
-        waiter = Waiter(key, callback, now)
-        waiter.timer = asyncio.get_running_loop().call_at(
-            asyncio.get_running_loop().time() + self.cfg.queue_timeout, self._expire, waiter
-        )
+        loop = asyncio.get_running_loop()
+        waiter = Waiter(key, callback, loop.time())
         self.waiters.append(waiter)
         self.stats.queued_leases += 1
+        if self._timer is None:
+            self._timer = loop.call_at(waiter.since + self.cfg.queue_timeout, self._expire_due)
         self._kick()
         return waiter
 
@@ -184,8 +185,6 @@ class Pool:
         """The waiting client left."""
         if not waiter.done:
             waiter.done = True
-            if waiter.timer is not None:
-                waiter.timer.cancel()
             try:
                 self.waiters.remove(waiter)
             except ValueError:
@@ -200,17 +199,20 @@ class Pool:
         self.stats.leases += 1
         return link
 
-    def _expire(self, waiter: Waiter) -> None:
-        if waiter.done:
-            return
-        waiter.done = True
-        try:
-            self.waiters.remove(waiter)
-        except ValueError:
-            pass
-        self.stats.queue_timeouts += 1
-        self.stats.total_wait += time.monotonic() - waiter.since
-        waiter.callback(None, PoolTimeout(self._timeout_message()))
+    def _expire_due(self) -> None:
+        """queue_timeout passed for the waiters at the head of the queue."""
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        timeout = self.cfg.queue_timeout
+        while self.waiters and self.waiters[0].since + timeout <= now:
+            waiter = self.waiters.popleft()
+            waiter.done = True
+            self.stats.queue_timeouts += 1
+            self.stats.total_wait += now - waiter.since
+            waiter.callback(None, PoolTimeout(self._timeout_message()))
+        if self.waiters:
+            self._timer = loop.call_at(self.waiters[0].since + timeout, self._expire_due)
 
     def _hand_over(self, link: BackendLink) -> bool:
         """Give a free link to the first waiter; False when nobody waits."""
@@ -222,10 +224,8 @@ class Pool:
                 return True
             self.waiters.popleft()
             waiter.done = True
-            if waiter.timer is not None:
-                waiter.timer.cancel()
             self.stats.leases += 1
-            self.stats.total_wait += time.monotonic() - waiter.since
+            self.stats.total_wait += asyncio.get_running_loop().time() - waiter.since
             link.in_pool = False
             waiter.callback(link, None)
             return True
@@ -414,6 +414,8 @@ class Pool:
         self._kick()
 
     def close_all(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         for link in list(self.links):
             self._drop(link)
         for waiter in list(self.waiters):

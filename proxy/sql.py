@@ -50,40 +50,39 @@ class Classified:
 _TRIGGER = re.compile(
     rb"lock|prepare|deallocate|found_rows|\bxa\b|handler|kill|connection_id|row_count|warning|"
     rb"error|diagnostics|transaction|@|temporary|local|insert_id",
-    re.I,
 )
 # Statement-leading keywords: at the start, after a ';', or after leading comments.
 _LEAD = rb"(?:^|;)\s*(?:(?:/\*.*?\*/|--\s[^\n]*(?:\n|$)|#[^\n]*(?:\n|$))\s*)*"
 _RULES: list[tuple[Kind, re.Pattern[bytes]]] = [
-    (Kind.LOCK_TABLES, re.compile(_LEAD + rb"(?:lock\s+tables?\b|flush\s+tables?\b.*\bwith\s+read\s+lock)", re.I | re.S)),
-    (Kind.UNLOCK_TABLES, re.compile(_LEAD + rb"unlock\s+tables?\b", re.I | re.S)),
-    (Kind.GET_LOCK, re.compile(rb"\bget_lock\s*\(", re.I)),
-    (Kind.RELEASE_LOCK, re.compile(rb"\brelease_lock\s*\(", re.I)),
-    (Kind.RELEASE_ALL_LOCKS, re.compile(rb"\brelease_all_locks\s*\(", re.I)),
-    (Kind.CALC_FOUND_ROWS, re.compile(rb"\bsql_calc_found_rows\b", re.I)),
-    (Kind.XA_START, re.compile(_LEAD + rb"xa\s+(?:start|begin)\b", re.I | re.S)),
-    (Kind.XA_END, re.compile(_LEAD + rb"xa\s+(?:commit|rollback)\b", re.I | re.S)),
-    (Kind.HANDLER_OPEN, re.compile(_LEAD + rb"handler\s+\S+\s+open\b", re.I | re.S)),
-    (Kind.CONNECTION_ID, re.compile(rb"\bconnection_id\s*\(\s*\)", re.I)),
+    (Kind.LOCK_TABLES, re.compile(_LEAD + rb"(?:lock\s+tables?\b|flush\s+tables?\b.*\bwith\s+read\s+lock)", re.S)),
+    (Kind.UNLOCK_TABLES, re.compile(_LEAD + rb"unlock\s+tables?\b", re.S)),
+    (Kind.GET_LOCK, re.compile(rb"\bget_lock\s*\(")),
+    (Kind.RELEASE_LOCK, re.compile(rb"\brelease_lock\s*\(")),
+    (Kind.RELEASE_ALL_LOCKS, re.compile(rb"\brelease_all_locks\s*\(")),
+    (Kind.CALC_FOUND_ROWS, re.compile(rb"\bsql_calc_found_rows\b")),
+    (Kind.XA_START, re.compile(_LEAD + rb"xa\s+(?:start|begin)\b", re.S)),
+    (Kind.XA_END, re.compile(_LEAD + rb"xa\s+(?:commit|rollback)\b", re.S)),
+    (Kind.HANDLER_OPEN, re.compile(_LEAD + rb"handler\s+\S+\s+open\b", re.S)),
+    (Kind.CONNECTION_ID, re.compile(rb"\bconnection_id\s*\(\s*\)")),
     (
         Kind.FOLLOW_UP,
         re.compile(
             rb"\brow_count\s*\(|\bfound_rows\s*\(|@@(?:session\.)?(?:warning_count|error_count)\b|"
             + _LEAD
             + rb"(?:show\s+(?:count\s*\(\s*\*\s*\)\s+)?(?:warnings|errors)\b|get\s+(?:current\s+|stacked\s+)?diagnostics\b)",
-            re.I | re.S,
+            re.S,
         ),
     ),
-    (Kind.SET_TRANSACTION, re.compile(_LEAD + rb"set\s+transaction\b", re.I | re.S)),
-    (Kind.USER_VARIABLE, re.compile(rb"(?<![@\w])@(?!@)", re.I)),
-    (Kind.TEMPORARY_TABLE, re.compile(rb"\bcreate\s+(?:or\s+replace\s+)?temporary\s+table\b", re.I)),
-    (Kind.SETS_LAST_INSERT_ID, re.compile(rb"\blast_insert_id\s*\(\s*[^\s)]", re.I)),
-    (Kind.USER_VARIABLE_ASSIGNED, re.compile(rb"(?<![@\w])@`?\w+`?\s*:=|\binto\s+@(?!@)|\bcall\b[^;]*(?<![@\w])@(?!@)", re.I | re.S)),
-    (Kind.LOAD_LOCAL, re.compile(_LEAD + rb"load\s+(?:data|xml)\s+(?:(?:low_priority|concurrent)\s+)?local\b", re.I | re.S)),
+    (Kind.SET_TRANSACTION, re.compile(_LEAD + rb"set\s+transaction\b", re.S)),
+    (Kind.USER_VARIABLE, re.compile(rb"(?<![@\w])@(?!@)")),
+    (Kind.TEMPORARY_TABLE, re.compile(rb"\bcreate\s+(?:or\s+replace\s+)?temporary\s+table\b")),
+    (Kind.SETS_LAST_INSERT_ID, re.compile(rb"\blast_insert_id\s*\(\s*[^\s)]")),
+    (Kind.USER_VARIABLE_ASSIGNED, re.compile(rb"(?<![@\w])@`?\w+`?\s*:=|\binto\s+@(?!@)|\bcall\b[^;]*(?<![@\w])@(?!@)", re.S)),
+    (Kind.LOAD_LOCAL, re.compile(_LEAD + rb"load\s+(?:data|xml)\s+(?:(?:low_priority|concurrent)\s+)?local\b", re.S)),
 ]
-_PREPARE = re.compile(_LEAD + rb"prepare\s+`?(\w+)`?\s+from\b", re.I | re.S)
-_DEALLOCATE = re.compile(_LEAD + rb"(?:deallocate|drop)\s+prepare\s+`?(\w+)`?", re.I | re.S)
-_KILL = re.compile(_LEAD + rb"kill\s+(?:(hard|soft)\s+)?(?:(query|connection)\s+)?(\d+)\s*;?\s*$", re.I | re.S)
+_PREPARE = re.compile(_LEAD + rb"prepare\s+`?(\w+)`?\s+from\b", re.S)
+_DEALLOCATE = re.compile(_LEAD + rb"(?:deallocate|drop)\s+prepare\s+`?(\w+)`?", re.S)
+_KILL = re.compile(_LEAD + rb"kill\s+(?:(hard|soft)\s+)?(?:(query|connection)\s+)?(\d+)\s*;?\s*$", re.S)
 
 
 # Only the head of a statement is classified: a 16 MiB INSERT must not stall
@@ -93,7 +92,8 @@ CLASSIFY_LIMIT = 64 * 1024
 
 def classify(sql: bytes) -> Classified | None:
     """None for the common query that needs no special handling."""
-    sql = sql[:CLASSIFY_LIMIT]
+    # One lowercase copy of the head; every pattern here is written in lowercase.
+    sql = sql[:CLASSIFY_LIMIT].lower()
     if not _TRIGGER.search(sql):
         return None
     out = Classified()
@@ -102,10 +102,10 @@ def classify(sql: bytes) -> Classified | None:
             out.kind |= kind
     for m in _PREPARE.finditer(sql):
         out.kind |= Kind.PREPARE
-        out.names.append(m.group(1).decode().lower())
+        out.names.append(m.group(1).decode())
     for m in _DEALLOCATE.finditer(sql):
         out.kind |= Kind.DEALLOCATE
-        out.names.append(m.group(1).decode().lower())
+        out.names.append(m.group(1).decode())
     m = _KILL.search(sql)
     if m:
         out.kind |= Kind.KILL
