@@ -477,10 +477,8 @@ class ClientConnection(asyncio.Protocol):
             self._give_back(link)
             self._answer_error(e.code, e.message)
             return
-        except (LinkLost, OSError):
-            self.link = None
-            self.pool.discard(link)
-            self._retry_or_fail(received_any=False)
+        except (LinkLost, OSError) as e:
+            self.relay_failed(link, e, received_any=False)
             return
         prepared = reply.tracker.prepare
         assert prepared is not None
@@ -546,10 +544,8 @@ class ClientConnection(asyncio.Protocol):
             log.warning("client %d: restoring session state failed: %s", self.proxy_id, e)
             self._answer_error(e.code, e.message)
             return
-        except (LinkLost, OSError):
-            self.link = None
-            self.pool.discard(link)
-            self._retry_or_fail(received_any=False)
+        except (LinkLost, OSError) as e:
+            self.relay_failed(link, e, received_any=False)
             return
         if self._phase == _CLOSED:
             self.link = None
@@ -650,11 +646,11 @@ class ClientConnection(asyncio.Protocol):
         self._done()
 
     def relay_failed(self, link: BackendLink, error: Exception, received_any: bool) -> None:
+        """The link died under the current command (also when the proxy itself was using it for the client)."""
         self.link = None
         self.pool.discard(link)
-        if self._phase == _CLOSED:
-            return
-        self._retry_or_fail(received_any)
+        if self._phase != _CLOSED:
+            self._retry_or_fail(received_any)
 
     def _retry_or_fail(self, received_any: bool) -> None:
         """A link died under a command. Retry only when it cannot have run."""
