@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import gc
 import resource
-import shutil
 import signal
 import socket
 import struct
@@ -28,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
-from _server import REPO_ROOT, BenchError, MariaDB, Proxy, describe_source, export_revision, proc_status_kb  # noqa: E402
+from _server import BenchError, Proxy, describe_source, private_mariadb, proc_status_kb, proxy_source  # noqa: E402
 
 from proxy.mysql.auth import native_scramble  # noqa: E402
 
@@ -191,11 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     if limit < args.clients + 100:
         print(f"ulimit -n is {limit}; too low for {args.clients} clients", file=sys.stderr)
         return 2
-    src = REPO_ROOT
     try:
-        if args.proxy_rev:
-            src = export_revision(args.proxy_rev)
-        with MariaDB() as db:
+        with proxy_source(args.proxy_rev) as src, private_mariadb() as db:
             db.make_account(USER, PASSWORD, DB)
             extra = {"listen": {"max_client_connections": max(10000, args.clients + 100), "handshake_timeout": 30}}
             with Proxy(db, USER, PASSWORD, pool=args.pool, extra=extra, src_root=src) as proxy:
@@ -215,9 +211,6 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as e:
         print(f"idle_clients: {e}", file=sys.stderr)
         return 1
-    finally:
-        if src != REPO_ROOT:
-            shutil.rmtree(src, ignore_errors=True)
     return 0
 
 

@@ -33,14 +33,13 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 import idle_clients  # noqa: E402
 from _server import (  # noqa: E402
     HOST,
-    REPO_ROOT,
     BenchError,
-    MariaDB,
     Proxy,
     cpu_times,
     describe_source,
-    export_revision,
     find_binary,
+    private_mariadb,
+    proxy_source,
 )
 
 SB_USER, SB_PASSWORD, SB_DB = "sbtest", "sbtest-secret", "sbtest"
@@ -355,17 +354,14 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so the finally blocks stop the server and the proxy.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.monotonic()
-    src = REPO_ROOT
     failed = False
     rows: list[tuple[str, SysbenchResult, SysbenchResult | None]] = []
     limit = args.time + 60  # a phase taking this long is a hang
     try:
         sysbench = ensure_sysbench()
         sb_version = subprocess.run([sysbench, "--version"], capture_output=True, text=True).stdout.strip()
-        if args.proxy_rev:
-            src = export_revision(args.proxy_rev)
         nofile = idle_clients.raise_nofile(max(args.idle_clients, args.threads) + 1024)
-        with MariaDB(max_connections=max(500, args.threads * 2 + 50)) as db:
+        with proxy_source(args.proxy_rev) as src, private_mariadb(max(500, args.threads * 2 + 50)) as db:
             db.make_account(SB_USER, SB_PASSWORD, SB_DB)
             prep = subprocess.run(sysbench_base(sysbench, db.port, args) + ["--threads=4", "prepare"],
                                   stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
@@ -459,9 +455,6 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as e:
         print(f"\nbench: {e}", file=sys.stderr)
         return 1
-    finally:
-        if src != REPO_ROOT:
-            shutil.rmtree(src, ignore_errors=True)
     print(f"\ntotal time {time.monotonic() - started:.0f} s")
     return 1 if failed else 0
 

@@ -2,7 +2,8 @@
 
 The suite needs a server it fully controls (account limits, wait_timeout, KILL,
 restarts), so it installs a throwaway MariaDB into a temp dir on a random port
-once per session instead of using whatever runs on 3306. When the server
+once per session instead of using whatever runs on 3306 (tests/mariadb_server.py,
+shared with the benchmarks). When the server
 binaries are missing the suite fails with what to install: a silent skip would
 make a green run that tested nothing.
 
@@ -17,16 +18,12 @@ Helpers that are not fixtures (``count_backend_connections``, ``run_cli``,
 from __future__ import annotations
 
 import copy
-import ctypes
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,246 +34,48 @@ import pymysql
 import pytest
 import yaml
 
+import mariadb_server
+# find_binary and free_port are re-exported: tests import them with ``from conftest import ...``.
+from mariadb_server import ServerError, die_with_parent, find_binary, free_port, stop_process  # noqa: F401
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 APP_USER = "app"
 APP_PASSWORD = "app-secret"
 APP_DB = "appdb"
 
-# Where distributions put the server binaries; mariadbd lives in /usr/sbin on Debian,
-# which is not on a non-root PATH.
-_SEARCH_DIRS = (
-    "/usr/sbin",
-    "/usr/bin",
-    "/usr/local/sbin",
-    "/usr/local/bin",
-    "/usr/local/mysql/bin",
-    "/usr/local/mariadb/bin",
-    "/opt/mariadb/bin",
-)
 _INSTALL_HINT = (
     "the test suite starts its own private MariaDB server and needs the MariaDB binaries; "
     "install them with: apt-get install -y mariadb-server mariadb-client "
     "(or run scripts/test.sh, which does it)"
 )
-_READY_TIMEOUT = 60.0
-
-
-def find_binary(*names: str) -> str | None:
-    """First of ``names`` found on PATH or in the usual server directories."""
-    for name in names:
-        found = shutil.which(name)
-        if found:
-            return found
-        for d in _SEARCH_DIRS:
-            p = Path(d, name)
-            if p.is_file() and os.access(p, os.X_OK):
-                return str(p)
-    return None
 
 
 def require_binary(*names: str) -> str:
-    found = find_binary(*names)
-    if not found:
-        pytest.fail(f"none of {', '.join(names)} found; {_INSTALL_HINT}", pytrace=False)
-    return found
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now (never the MySQL/proxy defaults)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in (3306, 3307):
-            return port
-
-
-_LIBC: Any = None
-
-
-def _die_with_parent(sig: int) -> Callable[[], None] | None:
-    """preexec_fn: the child gets ``sig`` when pytest dies, so a killed run leaves no servers behind.
-
-    Only from the main thread: PR_SET_PDEATHSIG fires when the forking *thread* exits, and a
-    restart done in a worker thread (asyncio.to_thread) must not kill the new server with it.
-    """
-    global _LIBC
-    if threading.current_thread() is not threading.main_thread() or not sys.platform.startswith("linux"):
-        return None
-    if _LIBC is None:
-        _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded in the parent: no dlopen after fork
-    prctl = _LIBC.prctl
-
-    def setup() -> None:
-        prctl(1, sig)  # PR_SET_PDEATHSIG
-
-    return setup
-
-
-def _tail(path: Path, lines: int = 40) -> str:
+    # A missing server is a failure with what to install, never a skip (see the module docstring).
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError as e:
-        return f"(cannot read {path}: {e.strerror})"
-
-
-def _stop_process(proc: subprocess.Popen[bytes], timeout: float) -> bool:
-    """SIGTERM, wait up to ``timeout``, then SIGKILL. True when it exited on its own."""
-    if proc.poll() is not None:
-        return True
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-        return True
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-        return False
+        return mariadb_server.require_binary(*names, hint=_INSTALL_HINT)
+    except ServerError as e:
+        pytest.fail(str(e), pytrace=False)
 
 
 # --------------------------------------------------------------------------- MariaDB
 
 
 @dataclass
-class MariaDB:
-    """A private MariaDB server owned by the test session."""
+class MariaDB(mariadb_server.MariaDB):
+    """The session's private MariaDB server (tests/mariadb_server.py) plus test helpers."""
 
-    host: str
-    port: int
-    socket: str
-    datadir: str
-    mariadbd: str
-    admin: str | None
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
     # Globals changed through set_global, with their value before the first change,
     # so the per-test guard can put them back.
     _saved_globals: dict[str, Any] = field(default_factory=dict)
 
-    # -- lifecycle ------------------------------------------------------------------
-
-    def _server_args(self) -> list[str]:
-        return [
-            self.mariadbd,
-            "--no-defaults",  # keep the system my.cnf (and its port/socket) out
-            "--user=root",  # the suite runs as root; mariadbd refuses root without this
-            f"--datadir={self.datadir}",
-            f"--port={self.port}",
-            "--bind-address=127.0.0.1",
-            f"--socket={self.socket}",
-            f"--pid-file={self.datadir}/mariadbd.pid",
-            # Our own temp dir: information_schema queries (PROCESSLIST has a LONGTEXT column) make
-            # on-disk temp tables, and a shared /tmp that other processes clean breaks them.
-            f"--tmpdir={self._tmpdir()}",
-            f"--log-error={self.log_path}",
-            "--max-connections=500",
-            "--skip-name-resolve",  # no DNS on connect: hosts are matched by IP ('%' and '127.0.0.1')
-            "--skip-log-bin",
-            "--innodb-buffer-pool-size=64M",
-            "--innodb-log-file-size=16M",
-            # Native AIO (io_uring/libaio) is blocked in some container sandboxes; simulated AIO always works.
-            "--innodb-use-native-aio=0",
-            # Speed: a mariadbd crash still loses nothing with these; only an OS crash would.
-            "--innodb-flush-log-at-trx-commit=2",
-            "--innodb-doublewrite=0",
-            # Without my.cnf the server default is latin1; real deployments run utf8mb4.
-            "--character-set-server=utf8mb4",
-            "--collation-server=utf8mb4_general_ci",
-        ]
-
-    def _tmpdir(self) -> Path:
-        d = Path(self.datadir).parent / "tmp"
-        d.mkdir(exist_ok=True)
-        return d
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
     def start(self) -> None:
         """Start the server on the same port and datadir and wait until it answers."""
-        if self.running:
-            return
-        out = open(self.log_path.with_suffix(".out"), "ab")
         try:
-            self.proc = subprocess.Popen(
-                self._server_args(),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent(signal.SIGTERM),
-            )
-        finally:
-            out.close()
-        self._wait_ready()
-
-    def stop(self, timeout: float = 60.0) -> None:
-        """Clean shutdown (SIGTERM); SIGKILL if it hangs."""
-        if self.proc is None:
-            return
-        _stop_process(self.proc, timeout)
-        self.proc = None
-
-    def kill(self) -> None:
-        """Hard crash (SIGKILL), for tests of a server that vanishes without a goodbye."""
-        if self.proc is None:
-            return
-        self.proc.kill()
-        self.proc.wait(10)
-        self.proc = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def _ping(self) -> bool:
-        if self.admin:
-            r = subprocess.run(
-                [self.admin, "--no-defaults", "-S", self.socket, "-uroot", "--connect-timeout=2", "ping"],
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-            )
-            return r.returncode == 0
-        try:
-            self.root_conn(connect_timeout=2).close()
-            return True
-        except pymysql.MySQLError:
-            return False
-
-    def _wait_ready(self) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + _READY_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                code = self.proc.returncode
-                self.proc = None
-                pytest.fail(
-                    f"mariadbd exited with code {code} during startup; tail of {self.log_path}:\n"
-                    + _tail(self.log_path),
-                    pytrace=False,
-                )
-            if self._ping():
-                return
-            time.sleep(0.1)
-        self.stop(timeout=5)
-        pytest.fail(
-            f"mariadbd did not answer a ping within {_READY_TIMEOUT:.0f} s; tail of {self.log_path}:\n"
-            + _tail(self.log_path),
-            pytrace=False,
-        )
-
-    # -- SQL helpers ----------------------------------------------------------------
-
-    def root_conn(self, **kw: Any) -> pymysql.connections.Connection:
-        """A root connection: over the unix socket, or over TCP when host or port is given."""
-        args: dict[str, Any] = {"user": "root", "password": "", "autocommit": True, "connect_timeout": 10}
-        if "host" in kw or "port" in kw:
-            args.update(host=self.host, port=self.port)
-        else:
-            args["unix_socket"] = self.socket
-        args.update(kw)
-        return pymysql.connect(**args)
+            super().start()
+        except ServerError as e:
+            pytest.fail(str(e), pytrace=False)
 
     def connect(
         self, user: str = APP_USER, password: str = APP_PASSWORD, database: str | None = APP_DB, **kw: Any
@@ -295,16 +94,6 @@ class MariaDB:
         args.update(kw)
         return pymysql.connect(**args)
 
-    def sql(self, stmt: str, args: Any = None) -> tuple[tuple[Any, ...], ...]:
-        """Run one statement as root and return its rows (empty for statements without a result)."""
-        conn = self.root_conn()
-        try:
-            with conn.cursor() as cur:
-                cur.execute(stmt, args)
-                return tuple(cur.fetchall())
-        finally:
-            conn.close()
-
     def set_global(self, name: str, value: Any) -> None:
         """SET GLOBAL; the value from before the test is restored after it."""
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
@@ -320,13 +109,7 @@ class MariaDB:
 
     def make_user(self, name: str, password: str, max_user_connections: int | None = None) -> str:
         """(Re)create ``name``@'%' with all rights on appdb; returns the name."""
-        self.sql("DROP USER IF EXISTS %s@'%%'", (name,))
-        limit = ""
-        if max_user_connections is not None:
-            limit = f" WITH MAX_USER_CONNECTIONS {int(max_user_connections)}"
-        self.sql(f"CREATE USER %s@'%%' IDENTIFIED BY %s{limit}", (name, password))
-        self.sql(f"GRANT ALL ON `{APP_DB}`.* TO %s@'%%'", (name,))
-        return name
+        return self.create_user(name, password, APP_DB, max_user_connections)
 
     def kill_user_connections(self, user: str) -> int:
         """KILL every server thread of ``user``; returns how many."""
@@ -342,77 +125,18 @@ class MariaDB:
         return n
 
 
-def _setup_accounts(db: MariaDB) -> None:
-    # Anonymous accounts would shadow 'app'@'%' for local logins (the most specific host wins).
-    for user, host in db.sql("SELECT User, Host FROM mysql.user WHERE User = ''"):
-        db.sql("DROP USER %s@%s", (user, host))
-    db.sql(f"CREATE DATABASE IF NOT EXISTS `{APP_DB}`")
-    # With --skip-name-resolve, a TCP login from 127.0.0.1 is matched against '127.0.0.1' and '%',
-    # never 'localhost'; '%' alone covers both TCP and the unix socket.
-    db.make_user(APP_USER, APP_PASSWORD)
-
-
 @pytest.fixture(scope="session")
 def mariadb() -> Iterator[MariaDB]:
     """A private MariaDB server with database ``appdb`` and account app / app-secret."""
-    install = require_binary("mariadb-install-db", "mysql_install_db")
-    server = require_binary("mariadbd", "mysqld")
-    version = subprocess.run([server, "--version"], capture_output=True, text=True).stdout
-    if "mariadb" not in version.lower():
-        pytest.fail(f"{server} is not MariaDB ({version.strip()}); {_INSTALL_HINT}", pytrace=False)
-    admin = find_binary("mariadb-admin", "mysqladmin")
-
-    base = Path(tempfile.mkdtemp(prefix="mpp-mariadb-"))
-    datadir = base / "data"
-    sock = base / "sock"
-    if len(str(sock)) > 100:  # sun_path holds 108 bytes; a long TMPDIR would break the socket
-        shutil.rmtree(base)
-        base = Path(tempfile.mkdtemp(prefix="mpp-mariadb-", dir="/tmp"))
-        datadir, sock = base / "data", base / "sock"
-
-    tmpdir = base / "tmp"  # see MariaDB._tmpdir
-    tmpdir.mkdir()
-    # Options after the known ones are handed to the bootstrap server: a small redo log
-    # from the start saves writing and later resizing 96 MiB.
-    r = subprocess.run(
-        [
-            install,
-            "--no-defaults",
-            "--user=root",
-            f"--datadir={datadir}",
-            "--auth-root-authentication-method=normal",
-            "--skip-test-db",
-            "--innodb-log-file-size=16M",
-            "--innodb-use-native-aio=0",
-            f"--tmpdir={tmpdir}",
-        ],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if r.returncode != 0:
-        shutil.rmtree(base, ignore_errors=True)
-        pytest.fail(
-            f"mariadb-install-db failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}", pytrace=False
-        )
-
-    db = MariaDB(
-        host="127.0.0.1",
-        port=free_port(),
-        socket=str(sock),
-        datadir=str(datadir),
-        mariadbd=server,
-        admin=admin,
-        log_path=base / "err.log",
-    )
     try:
-        db.start()
-        _setup_accounts(db)
+        db = MariaDB.launch(prefix="mpp-mariadb-", hint=_INSTALL_HINT)
+    except ServerError as e:
+        pytest.fail(str(e), pytrace=False)
+    try:
+        db.make_account(APP_USER, APP_PASSWORD, APP_DB)
         yield db
     finally:
-        db.stop(timeout=60)
-        shutil.rmtree(base, ignore_errors=True)
+        db.remove()
 
 
 @pytest.fixture(autouse=True)
@@ -585,7 +309,7 @@ class ProxyProcess:
         """SIGTERM and wait (SIGKILL after ``timeout``); returns the exit code."""
         if timeout is None:
             timeout = float(self.config.get("shutdown_timeout", 30)) + 10
-        _stop_process(self.proc, timeout)
+        stop_process(self.proc, timeout)
         return self.proc.returncode
 
 
@@ -644,7 +368,7 @@ def proxy_factory(mariadb: MariaDB, tmp_path: Path) -> Iterator[ProxyFactory]:
                 stderr=subprocess.STDOUT,
                 cwd=tmp_path,
                 env=env,
-                preexec_fn=_die_with_parent(signal.SIGKILL),
+                preexec_fn=die_with_parent(signal.SIGKILL),
             )
         p = ProxyProcess(
             host=str(cfg["listen"]["host"]),
@@ -666,7 +390,7 @@ def proxy_factory(mariadb: MariaDB, tmp_path: Path) -> Iterator[ProxyFactory]:
         p.close_clients()
         was_running = p.proc.poll() is None
         timeout = float(p.config.get("shutdown_timeout", 30)) + 10
-        exited = _stop_process(p.proc, timeout)
+        exited = stop_process(p.proc, timeout)
         text = p.log()
         mine: list[str] = []
         if not exited:
