@@ -320,3 +320,58 @@ def test_slow_reader_keeps_proxy_memory_bounded(mariadb, proxy_factory):
     with other.cursor() as cur:  # and nobody else was held up
         cur.execute("SELECT 1")
         assert cur.fetchone() == (1,)
+
+
+def _admin_rows(p, statement: str) -> list[tuple]:
+    conn = pymysql.connect(host=p.host, port=p.port, user="admin", password="admin-pw")
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement)
+            return list(cur.fetchall())
+    finally:
+        conn.close()
+
+
+def test_idle_and_old_links_are_retired_and_stale_ones_pinged(mariadb, proxy_factory):
+    admin = {"user": "admin", "password": "admin-pw"}
+    p = proxy_factory({"pool": {"max_connections": 2, "idle_timeout": 1, "ping_after_idle": 0}, "admin": admin})
+    conn = p.connect()
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1")
+    assert count_backend_connections(mariadb, "app") >= 1
+    deadline = time.monotonic() + 5
+    while count_backend_connections(mariadb, "app") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert count_backend_connections(mariadb, "app") == 0  # the janitor closed the idle link
+    with conn.cursor() as cur:  # and the client does not notice
+        cur.execute("SELECT 2")
+        assert cur.fetchone() == (2,)
+
+    q = proxy_factory({"pool": {"max_connections": 1, "max_lifetime": 1, "idle_timeout": 0, "ping_after_idle": 0},
+                       "admin": admin})
+    c = q.connect()
+    with c.cursor() as cur:
+        cur.execute("SELECT @@pseudo_thread_id")
+        first = cur.fetchone()[0]
+        time.sleep(1.5)
+        cur.execute("SELECT 1")  # served by the old link, which is retired when it comes back
+        cur.execute("SELECT @@pseudo_thread_id")
+        assert cur.fetchone()[0] != first
+
+    r = proxy_factory({"pool": {"max_connections": 1, "ping_after_idle": 0.3}, "admin": admin})
+    c = r.connect()
+    with c.cursor() as cur:
+        cur.execute("SELECT 1")
+    before = int(mariadb.sql("SHOW GLOBAL STATUS LIKE 'Com_admin_commands'")[0][1])
+    time.sleep(0.6)
+    with c.cursor() as cur:
+        cur.execute("SELECT 2")  # the link sat idle past ping_after_idle: pinged before reuse
+        assert cur.fetchone() == (2,)
+    after = int(mariadb.sql("SHOW GLOBAL STATUS LIKE 'Com_admin_commands'")[0][1])
+    assert after > before
+
+
+def test_wait_timeout_not_above_idle_timeout_is_warned(mariadb, proxy_factory):
+    mariadb.set_global("wait_timeout", 30)
+    p = proxy_factory({"pool": {"idle_timeout": 60}})
+    p.wait_log("is not below the server's wait_timeout 30s")
