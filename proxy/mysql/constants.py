@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from enum import IntEnum, IntFlag
+from enum import IntEnum
 
 
-class Cap(IntFlag):
+# Cap and Status are plain int namespaces, not IntFlag: the relay tests these
+# bits several times per packet, and IntFlag arithmetic builds an enum each time.
+
+
+class Cap:
     """Capability flags (handshake)."""
 
     LONG_PASSWORD = 1
@@ -82,7 +86,7 @@ BACKEND_CAPS = (
 )
 
 
-class Status(IntFlag):
+class Status:
     """Server status flags (OK / EOF packets)."""
 
     IN_TRANS = 1
