@@ -75,6 +75,13 @@ class PacketReader:
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         """Add bytes; return every payload now complete, as ``(first seq, payload)``."""
         buf = self._buf
+        if not buf and not self._parts and len(data) >= HEADER_SIZE:
+            # The common case: a chunk that is exactly one small packet (a client's command).
+            length = data[0] | data[1] << 8 | data[2] << 16
+            if length + HEADER_SIZE == len(data) and length < MAX_PAYLOAD:
+                if length > self.max_payload:
+                    raise PacketTooLarge(length, self.max_payload)
+                return [(data[3], data[HEADER_SIZE:])]
         buf += data
         out: list[tuple[int, bytes]] = []
         pos = 0
