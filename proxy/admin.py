@@ -37,6 +37,7 @@ def _ok(message: str, caps: int) -> list[bytes]:
 
 def show_pools(server: ProxyServer) -> list[bytes]:
     snap = server.pool.snapshot()
+    snap["account_limit"] = server.account_limit  # the server's max_user_connections for the account
     cols = list(snap)
     numeric = {k for k, v in snap.items() if isinstance(v, int)}
     return _result(cols, [[snap[c] for c in cols]], numeric)
