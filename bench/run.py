@@ -1,13 +1,16 @@
 """Throughput benchmark: the same sysbench workload against the server directly and through the proxy.
 
-    .venv/bin/python bench/run.py [--threads 64] [--time 20] [--pool 8] [--no-ps] [--idle-clients 2000]
-                                  [--profile [--profile-native]] [--proxy-rev REV]
+    .venv/bin/python bench/run.py [--threads 64] [--rounds 3] [--time 10] [--pool 8] [--no-ps]
+                                  [--idle-clients 2000] [--profile [--profile-native]] [--proxy-rev REV]
 
 One run starts a private MariaDB (temp datadir, free port on 127.0.0.1), loads the sysbench
-oltp_point_select tables, starts the proxy (pool of --pool links, queue_timeout 30), runs
-sysbench against the server and then through the proxy (text protocol, then server-side
-prepared statements), and prints queries/s, p50 and p99 latency for both and the ratio. p99 is
-what sysbench reports (--percentile=99); p50 is computed from sysbench's latency histogram.
+oltp_point_select tables, starts the proxy (pool of --pool links, queue_timeout 30), and for each
+workload (text protocol, then server-side prepared statements) runs --rounds rounds of sysbench
+against the server and then through the proxy, --time seconds each: direct, proxy, direct,
+proxy, ... Short alternating rounds spread the machine's drift over both sides. It prints the
+median queries/s of each side, the median and range of the per-round ratios (proxy qps / the
+same round's direct qps), and p50 and p99 latency (medians over the rounds). p99 is what
+sysbench reports (--percentile=99); p50 is computed from sysbench's latency histogram.
 Then it measures the proxy's memory per idle client (bench/idle_clients.py). Everything it
 starts is stopped at the end. See bench/README.md.
 """
@@ -21,6 +24,7 @@ import re
 import resource
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -257,42 +261,103 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
-def _cpu(r: SysbenchResult, name: str, split: bool = False) -> str:
-    if not r.ok or name not in r.cpu or not r.seconds:
+@dataclass
+class Workload:
+    """One workload's rounds: (direct, proxy) per round; proxy is None when the proxy was not running."""
+
+    name: str
+    rounds: list[tuple[SysbenchResult, SysbenchResult | None]] = field(default_factory=list)
+
+    def direct(self) -> list[SysbenchResult]:
+        return [d for d, _ in self.rounds if d.ok]
+
+    def proxy(self) -> list[SysbenchResult]:
+        return [p for _, p in self.rounds if p is not None and p.ok]
+
+    def ratios(self) -> list[float]:
+        """proxy qps / direct qps of each round in which both phases worked."""
+        return [p.qps / d.qps for d, p in self.rounds if d.ok and p is not None and p.ok and d.qps]
+
+    def failures(self) -> list[str]:
+        out = []
+        for i, (d, p) in enumerate(self.rounds, 1):
+            if not d.ok:
+                out.append(f"round {i} direct FAILED")
+            if p is None:
+                out.append(f"round {i} proxy skipped")
+            elif not p.ok:
+                out.append(f"round {i} proxy FAILED")
+        return out
+
+
+def _median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def _latency(rs: list[SysbenchResult]) -> str:
+    if not rs:
         return "-"
-    text = f"{100 * r.cpu[name] / r.seconds:.0f}%"
+    return f"{_ms(_median([r.p50_ms for r in rs]))} / {_ms(_median([r.p99_ms for r in rs]))}"
+
+
+def _cpu(rs: list[SysbenchResult], name: str, split: bool = False) -> str:
+    """CPU time of ``name`` over all the phases / their total length (the time-weighted average)."""
+    rs = [r for r in rs if name in r.cpu and r.seconds]
+    if not rs:
+        return "-"
+    seconds = sum(r.seconds for r in rs)
+    text = f"{100 * sum(r.cpu[name] for r in rs) / seconds:.0f}%"
     if split:
-        text += f" ({100 * r.cpu_sys.get(name, 0.0) / r.seconds:.0f}% sys)"
+        text += f" ({100 * sum(r.cpu_sys.get(name, 0.0) for r in rs) / seconds:.0f}% sys)"
     return text
 
 
-def _other(r: SysbenchResult) -> str:
-    return "-" if r.other_cpu is None or not r.seconds else f"{100 * r.other_cpu / r.seconds:.0f}%"
+def _other(rs: list[SysbenchResult]) -> str:
+    rs = [r for r in rs if r.other_cpu is not None and r.seconds]
+    if not rs:
+        return "-"
+    return f"{100 * sum(r.other_cpu or 0.0 for r in rs) / sum(r.seconds for r in rs):.0f}%"
 
 
-def print_table(rows: list[tuple[str, SysbenchResult, SysbenchResult | None]]) -> None:
-    head = ("workload", "direct qps", "proxy qps", "ratio", "direct p50/p99 ms", "proxy p50/p99 ms",
-            "cpu mariadbd d/p", "cpu sysbench d/p", "cpu proxy", "cpu other d/p")
+def _qps(rs: list[SysbenchResult], n: int) -> str:
+    if not rs:
+        return "FAILED" if n else "-"
+    return f"{statistics.median(r.qps for r in rs):,.0f}"
+
+
+def print_table(workloads: list[Workload]) -> None:
+    head = ("workload", "direct qps", "proxy qps", "ratio", "ratio min..max", "direct p50/p99 ms",
+            "proxy p50/p99 ms", "cpu mariadbd d/p", "cpu sysbench d/p", "cpu proxy", "cpu other d/p")
     table = [head]
-    for name, d, p in rows:
-        ratio = f"{p.qps / d.qps:.2f}x" if p and p.ok and d.ok and d.qps else "-"
+    for w in workloads:
+        d, p, ratios = w.direct(), w.proxy(), w.ratios()
+        tried_proxy = sum(1 for _, pr in w.rounds if pr is not None)
         table.append((
-            name,
-            f"{d.qps:,.0f}" if d.ok else "FAILED",
-            (f"{p.qps:,.0f}" if p.ok else "FAILED") if p else "-",
-            ratio,
-            f"{_ms(d.p50_ms)} / {_ms(d.p99_ms)}" if d.ok else "-",
-            (f"{_ms(p.p50_ms)} / {_ms(p.p99_ms)}" if p.ok else "-") if p else "-",
-            f"{_cpu(d, 'mariadbd')} / {_cpu(p, 'mariadbd') if p else '-'}",
-            f"{_cpu(d, 'sysbench')} / {_cpu(p, 'sysbench') if p else '-'}",
-            _cpu(p, "proxy", split=True) if p else "-",
-            f"{_other(d)} / {_other(p) if p else '-'}",
+            w.name,
+            _qps(d, len(w.rounds)),
+            _qps(p, tried_proxy),
+            f"{statistics.median(ratios):.2f}x" if ratios else "-",
+            f"{min(ratios):.2f}..{max(ratios):.2f}x" if ratios else "-",
+            _latency(d),
+            _latency(p),
+            f"{_cpu(d, 'mariadbd')} / {_cpu(p, 'mariadbd')}",
+            f"{_cpu(d, 'sysbench')} / {_cpu(p, 'sysbench')}",
+            _cpu(p, "proxy", split=True),
+            f"{_other(d)} / {_other(p)}",
         ))
     widths = [max(len(r[i]) for r in table) for i in range(len(head))]
     for i, r in enumerate(table):
         print("  ".join(c.ljust(widths[j]) if j == 0 else c.rjust(widths[j]) for j, c in enumerate(r)).rstrip())
         if i == 0:
             print("  ".join("-" * w for w in widths))
+    for w in workloads:
+        if w.failures():
+            print(f"!! {w.name}: {', '.join(w.failures())}; the row covers the other phases")
 
 
 def proxy_problems(log: str, limit: int = 30) -> list[str]:
@@ -325,7 +390,9 @@ def report_failure(r: SysbenchResult, proxy: Proxy | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="sysbench oltp_point_select directly vs through the proxy, in one run")
     ap.add_argument("--threads", type=int, default=64, help="sysbench client threads (default 64)")
-    ap.add_argument("--time", type=int, default=20, help="seconds per measured phase (default 20)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds per workload, each one direct phase then one proxy phase (default 3)")
+    ap.add_argument("--time", type=int, default=10, help="seconds per measured phase (default 10)")
     ap.add_argument("--pool", type=int, default=8, help="proxy pool max_connections (default 8)")
     ap.add_argument("--tables", type=int, default=4, help="sysbench tables (default 4)")
     ap.add_argument("--table-size", type=int, default=10000, help="rows per table (default 10000)")
@@ -346,8 +413,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="proxy log level (default info)")
     ap.add_argument("--keep-logs", action="store_true", help="keep the proxy log and config (path is printed)")
     args = ap.parse_args(argv)
-    if args.threads < 1 or args.time < 1 or args.pool < 1:
-        ap.error("--threads, --time and --pool must be positive")
+    if args.threads < 1 or args.time < 1 or args.pool < 1 or args.rounds < 1:
+        ap.error("--threads, --rounds, --time and --pool must be positive")
     if not 0 <= args.idle_clients <= 10000:
         ap.error("--idle-clients must be between 0 and 10000")
 
@@ -355,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.monotonic()
     failed = False
-    rows: list[tuple[str, SysbenchResult, SysbenchResult | None]] = []
+    workloads: list[Workload] = []
     limit = args.time + 60  # a phase taking this long is a hang
     try:
         sysbench = ensure_sysbench()
@@ -371,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{sb_version}; MariaDB {db.version} on {HOST}:{db.port}; {cpus} CPUs; ulimit -n {nofile}")
             print(f"{describe_source(args.proxy_rev)}; pool max_connections {args.pool}, queue_timeout 30")
             print(f"oltp_point_select: {args.tables} tables x {args.table_size} rows, {args.threads} threads, "
-                  f"{args.time} s per phase", flush=True)
+                  f"{args.rounds} round{'s' if args.rounds != 1 else ''} of direct then proxy, {args.time} s per phase", flush=True)
 
             proxy = Proxy(db, SB_USER, SB_PASSWORD, pool=args.pool, queue_timeout=30, log_level=args.log_level,
                           src_root=src)
@@ -379,25 +446,33 @@ def main(argv: list[str] | None = None) -> int:
                 proxy.start()
                 modes = [("point_select", "disable")] + ([("point_select ps", "auto")] if args.ps else [])
                 for name, ps_mode in modes:
-                    print(f"- {name} (--db-ps-mode={ps_mode}): direct ...", end="", flush=True)
-                    d = run_sysbench(f"{name} direct", sysbench_run_cmd(sysbench, db.port, args, ps_mode), limit,
-                                     {"mariadbd": db.pid})
-                    print(f" {d.qps:,.0f} qps; proxy ...", end="", flush=True)
-                    p: SysbenchResult | None = None
-                    if proxy.alive:
-                        p = run_sysbench(f"{name} proxy", sysbench_run_cmd(sysbench, proxy.port, args, ps_mode), limit,
-                                         {"mariadbd": db.pid, "proxy": proxy.pid})
-                        print(f" {p.qps:,.0f} qps", flush=True)
-                    else:
-                        print(" skipped: the proxy is not running", flush=True)
-                    rows.append((name, d, p))
-                    for r in (d, p):
-                        if r is not None and not r.ok:
-                            failed = True
-                            report_failure(r, proxy if r is p else None)
-                    if p is not None and p.ok and (p.errors or p.reconnects):
-                        print(f"   note: through the proxy sysbench saw {p.errors} ignored errors, "
-                              f"{p.reconnects} reconnects")
+                    w = Workload(name)
+                    workloads.append(w)
+                    print(f"- {name} (--db-ps-mode={ps_mode}):", flush=True)
+                    for i in range(1, args.rounds + 1):
+                        print(f"    round {i}: direct ...", end="", flush=True)
+                        d = run_sysbench(f"{name} direct, round {i}", sysbench_run_cmd(sysbench, db.port, args, ps_mode),
+                                         limit, {"mariadbd": db.pid})
+                        print(f" {d.qps:,.0f} qps; proxy ...", end="", flush=True)
+                        p: SysbenchResult | None = None
+                        if proxy.alive:
+                            p = run_sysbench(f"{name} proxy, round {i}",
+                                             sysbench_run_cmd(sysbench, proxy.port, args, ps_mode), limit,
+                                             {"mariadbd": db.pid, "proxy": proxy.pid})
+                            ratio = f" ({p.qps / d.qps:.2f}x)" if p.ok and d.ok and d.qps else ""
+                            print(f" {p.qps:,.0f} qps{ratio}", flush=True)
+                        else:
+                            print(" skipped: the proxy is not running", flush=True)
+                        w.rounds.append((d, p))
+                        for r in (d, p):
+                            if r is not None and not r.ok:
+                                failed = True
+                                report_failure(r, proxy if r is p else None)
+                        if p is not None and p.ok and (p.errors or p.reconnects):
+                            print(f"      note: through the proxy sysbench saw {p.errors} ignored errors, "
+                                  f"{p.reconnects} reconnects")
+                        if p is None:
+                            break  # the proxy is gone: no point in more rounds
 
                 profile_lines: list[str] = []
                 if args.profile and proxy.alive:
@@ -425,10 +500,14 @@ def main(argv: list[str] | None = None) -> int:
                 proxy.close(keep_files=args.keep_logs)
 
             print()
-            print_table(rows)
-            print("(p99 as reported by sysbench --percentile=99; p50 from its latency histogram; cpu: CPU time of the "
-                  f"process over the phase, 100% = one CPU, {os.cpu_count()} CPUs in all; other: the rest of the machine's busy time "
-                  "(other processes, interrupts))")
+            print_table(workloads)
+            rounds = f"{args.rounds} rounds" if args.rounds != 1 else "1 round"
+            print(f"({rounds} of {args.time} s direct, then {args.time} s through the proxy; qps: median over the "
+                  "rounds; ratio: median of the per-round ratios (proxy qps / the same round's direct qps), min..max: "
+                  "their range; p50/p99: medians over the rounds, p99 as reported by sysbench --percentile=99, p50 from "
+                  "its latency histogram; cpu: CPU time of the process over all the rounds' phases / their length, "
+                  f"100% = one CPU, {os.cpu_count()} CPUs in all; other: the rest of the machine's busy time (other "
+                  "processes, interrupts))")
             if not alive:
                 failed = True
                 print(f"!! the proxy died during the run (exit code {code}); tail of its log:")
