@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from enum import IntEnum
 
 
-# Cap and Status are plain int namespaces, not IntFlag: the relay tests these
-# bits several times per packet, and IntFlag arithmetic builds an enum each time.
+# Plain int namespaces, not enums: the relay reads these several times per
+# packet, and enum member access and IntFlag arithmetic cost far more than ints.
 
 
 class Cap:
@@ -105,7 +104,7 @@ class Status:
     SESSION_STATE_CHANGED = 1 << 14
 
 
-class Command(IntEnum):
+class Command:
     SLEEP = 0x00
     QUIT = 0x01
     INIT_DB = 0x02
@@ -140,7 +139,7 @@ class Command(IntEnum):
     RESET_CONNECTION = 0x1F
 
 
-class SessionTrack(IntEnum):
+class SessionTrack:
     """Types of session-state-change entries in OK packets."""
 
     SYSTEM_VARIABLES = 0
@@ -156,7 +155,7 @@ MULTI_STATEMENTS_ON = 0
 MULTI_STATEMENTS_OFF = 1
 
 
-class Err(IntEnum):
+class Err:
     """Error codes the proxy sends itself."""
 
     CON_COUNT = 1040  # too many connections
