@@ -29,8 +29,8 @@ from .mysql.messages import (
     build_err,
     build_handshake,
     build_ok,
+    parse_change_user,
     parse_handshake_response,
-    read_nul_str,
 )
 from .mysql.packets import PacketReader, ProtocolError, frame
 from .mysql.responses import DONE, INFILE, NO_RESPONSE, TRACKED
@@ -727,34 +727,21 @@ class ClientConnection(asyncio.Protocol):
     async def _change_user(self, seq: int, payload: bytes) -> None:
         """COM_CHANGE_USER: authenticate again, then start a fresh session."""
         try:
-            user, pos = read_nul_str(payload, 1)
-            if self.session and self.session.client_caps & Cap.SECURE_CONNECTION:
-                n = payload[pos]
-                response = payload[pos + 1 : pos + 1 + n]
-                pos += 1 + n
-            else:
-                response, pos = read_nul_str(payload, pos)
-            db, pos = read_nul_str(payload, pos)
-            collation = int.from_bytes(payload[pos : pos + 2], "little") if len(payload) >= pos + 2 else self._auth_collation
-            pos += 2
-            plugin = auth.NATIVE
-            if pos < len(payload):
-                name, pos = read_nul_str(payload, pos)
-                plugin = name.decode() or auth.NATIVE
-        except (ProtocolError, IndexError):
+            change = parse_change_user(payload, self.session.client_caps if self.session else Cap.SECURE_CONNECTION)
+        except ProtocolError:
             self._fatal(Err.HANDSHAKE, "Bad COM_CHANGE_USER packet", seq + 1)
             return
         await self._drop_link_state()
-        self._auth_user = user.decode(errors="replace")
-        self._auth_db = db.decode(errors="replace") or None
-        self._auth_collation = collation or self._auth_collation
+        self._auth_user = change.user
+        self._auth_db = change.database
+        self._auth_collation = change.collation or self._auth_collation
         self.session = None
         self._phase = _GREETING
-        if plugin not in (auth.NATIVE, auth.CACHING_SHA2):
+        if change.auth_plugin not in (auth.NATIVE, auth.CACHING_SHA2):
             self._switch_plugin(seq)
             return
-        self._auth_plugin = plugin
-        self._check_password(seq, response, plugin)
+        self._auth_plugin = change.auth_plugin
+        self._check_password(seq, change.auth_response, change.auth_plugin)
 
     # -- KILL ---------------------------------------------------------------------------------
 

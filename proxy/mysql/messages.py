@@ -226,6 +226,38 @@ def parse_handshake_response(p: bytes) -> HandshakeResponse:
     return HandshakeResponse(caps, max_packet, collation, user.decode(errors="replace"), bytes(auth), database, plugin, attrs)
 
 
+@dataclass
+class ChangeUser:
+    """COM_CHANGE_USER, client to server."""
+
+    user: str
+    auth_response: bytes
+    database: str | None
+    collation: int  # 0 when the client sent none
+    auth_plugin: str
+
+
+def parse_change_user(p: bytes, caps: int) -> ChangeUser:
+    try:
+        user, pos = read_nul_str(p, 1)
+        if caps & Cap.SECURE_CONNECTION:
+            n = p[pos]
+            response = p[pos + 1 : pos + 1 + n]
+            pos += 1 + n
+        else:
+            response, pos = read_nul_str(p, pos)
+        db, pos = read_nul_str(p, pos)
+        collation = int.from_bytes(p[pos : pos + 2], "little") if len(p) >= pos + 2 else 0
+        pos += 2
+        plugin = b""
+        if pos < len(p):
+            plugin, pos = read_nul_str(p, pos)
+    except IndexError:
+        raise ProtocolError("truncated COM_CHANGE_USER", 1043) from None
+    return ChangeUser(user.decode(errors="replace"), bytes(response), db.decode(errors="replace") or None,
+                      collation, plugin.decode(errors="replace") or "mysql_native_password")
+
+
 def build_auth_switch(plugin: str, data: bytes) -> bytes:
     return bytes((AUTH_SWITCH,)) + plugin.encode() + b"\x00" + data + b"\x00"
 
