@@ -375,3 +375,43 @@ def test_wait_timeout_not_above_idle_timeout_is_warned(mariadb, proxy_factory):
     mariadb.set_global("wait_timeout", 30)
     p = proxy_factory({"pool": {"idle_timeout": 60}})
     p.wait_log("is not below the server's wait_timeout 30s")
+
+
+def test_systemd_notify_ready_reload_and_stopping(mariadb, tmp_path):
+    """Type=notify: READY=1 once listening, STATUS= on reload, STOPPING=1 on SIGTERM."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import REPO_ROOT, free_port, proxy_defaults
+
+    sock_path = str(tmp_path / "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(sock_path)
+    listener.settimeout(15)
+    cfg = proxy_defaults(mariadb)
+    cfg["listen"]["port"] = free_port()
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, NOTIFY_SOCKET=sock_path, PYTHONPATH=str(REPO_ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "run", "-c", str(tmp_path / "c.yaml")],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        messages = [listener.recv(4096).decode()]
+        assert messages[0] == "READY=1"
+        # Ready means ready: a client can log in right away.
+        conn = pymysql.connect(host="127.0.0.1", port=cfg["listen"]["port"], user="app", password="app-secret")
+        conn.close()
+        proc.send_signal(signal.SIGHUP)
+        while not any(m.startswith("STATUS=reloaded") for m in messages):
+            messages.append(listener.recv(4096).decode())
+        proc.send_signal(signal.SIGTERM)
+        while "STOPPING=1" not in messages:
+            messages.append(listener.recv(4096).decode())
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        listener.close()
+    assert b"Traceback" not in proc.stderr.read()
