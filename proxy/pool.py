@@ -156,7 +156,9 @@ class Pool:
         self.stats.queued_leases += 1
         if self._timer is None:
             self._timer = loop.call_at(waiter.since + self.cfg.queue_timeout, self._expire_due)
-        self._kick()
+        # The usual queued case (every link busy, none opening room) has nothing to start.
+        if self.idle[False] or self.idle[True] or len(self.links) + self.opening < self.effective_cap:
+            self._kick()
         return waiter
 
     async def acquire(self, key: bool) -> BackendLink:
@@ -344,10 +346,10 @@ class Pool:
         if link.closed or link not in self.links:
             self._drop(link)
             return
-        link.set_idle()
-        if self.total > self.effective_cap or self._retire_due(link):
+        if len(self.links) + self.opening > self.effective_cap or self._retire_due(link):
             self._drop(link)
             return
+        link.set_idle()
         if self.waiters and not self.paused and self._hand_over(link):
             return
         link.in_pool = True

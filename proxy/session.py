@@ -190,6 +190,10 @@ class Session:
         not report the collation a character-set change brings, nor the value
         LAST_INSERT_ID(expr) set inside a result set.
         """
+        if (stmt is None and not state_blocks and not unexplained_change and not warnings and not error_code
+                and not insert_id and not cursor_open and status is not None and not status & Status.IN_TRANS
+                and not self.pins and command == Command.QUERY):
+            return False  # the common case: a plain statement that changed nothing
         charset_changed = stmt is not None and bool(stmt.kind & Kind.SETS_LAST_INSERT_ID) and not error_code
         for block in state_blocks:
             changes = parse_session_state(block)
