@@ -114,6 +114,7 @@ class BackendLink(asyncio.Protocol):
         self.last_used = self.created
         self.leased_by: int | None = None  # proxy id of the client holding it
         self.in_pool = False  # in the pool's idle list
+        self._reading_paused = False
         self.closed = False
         self.uses = 0  # statements served; tells whether a link was touched since a session used it
         # The last statement on the link left warnings or an error (SHOW WARNINGS would show them).
@@ -204,8 +205,22 @@ class BackendLink(asyncio.Protocol):
                 self.transport.abort()
         self._wake()
 
+    def pause_reading(self) -> None:
+        """Back-pressure: the client this link relays to reads slower than the server sends."""
+        if not self._reading_paused and self.transport is not None and not self.closed:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None and not self.closed:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
     def set_idle(self) -> None:
         """The link went back to the pool: from now any byte from the server means it died."""
+        # A slow client may have paused it after the response's last bytes: the next
+        # user must not find it deaf.
+        self.resume_reading()
         self._mode = _IDLE
         self.leased_by = None
         self.last_used = time.monotonic()

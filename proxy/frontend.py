@@ -97,6 +97,7 @@ class ClientConnection(asyncio.Protocol):
         self._paused_reading = False
         self._deferred_error: tuple[int, str] | None = None
         self._waiter: Waiter | None = None  # queued in the pool for a link
+        self._paused_link: BackendLink | None = None  # a link paused for this client's back-pressure
         self.statements = 0
         self.is_admin = False
 
@@ -179,12 +180,15 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # The client reads slower than the server sends: stop reading the server.
-        if self.link is not None and self.link.transport is not None:
-            self.link.transport.pause_reading()
+        if self.link is not None:
+            self._paused_link = self.link
+            self.link.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.link is not None and self.link.transport is not None:
-            self.link.transport.resume_reading()
+        # The paused link may have gone back to the pool meanwhile (the pool resumes it then).
+        link, self._paused_link = self._paused_link, None
+        if link is not None and link.leased_by == self.proxy_id:
+            link.resume_reading()
 
     # -- output -----------------------------------------------------------------------
 
@@ -602,7 +606,7 @@ class ClientConnection(asyncio.Protocol):
             sql = payload[1:]
             session.statements[tr.statement_alias] = PreparedStatement(sql, tr.prepare.num_params, tr.prepare.num_columns)
             link.remember_statement(sql, tr.prepare.statement_id, tr.prepare.num_params)
-        elif cmd in (Command.STMT_EXECUTE, Command.STMT_RESET):
+        elif session.pins and (cmd == Command.STMT_EXECUTE or cmd == Command.STMT_RESET):
             session.unpin(PIN_LONG_DATA)
         if read_back:
             link.set_held()

@@ -178,7 +178,7 @@ class Session:
 
     def before_statement(self, stmt: Classified | None) -> None:
         """A new statement begins: unless it asks about the last one, that one's diagnostics may go."""
-        if stmt is None or Kind.FOLLOW_UP not in stmt.kind:
+        if self.pins and (stmt is None or Kind.FOLLOW_UP not in stmt.kind):
             self.unpin(PIN_NEXT_STATEMENT)
 
     def after_response(self, command: int, status: int | None, ok: bool, error_code: int, state_blocks: list[bytes],
@@ -192,7 +192,7 @@ class Session:
         """
         if (stmt is None and not state_blocks and not unexplained_change and not warnings and not error_code
                 and not insert_id and not cursor_open and status is not None and not status & Status.IN_TRANS
-                and not self.pins and command == Command.QUERY):
+                and not self.pins and (command == Command.QUERY or command == Command.STMT_EXECUTE)):
             return False  # the common case: a plain statement that changed nothing
         charset_changed = stmt is not None and bool(stmt.kind & Kind.SETS_LAST_INSERT_ID) and not error_code
         for block in state_blocks:
