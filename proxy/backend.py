@@ -35,7 +35,7 @@ from .mysql.messages import (
     read_lenenc_str,
 )
 from .mysql.packets import PacketReader, PacketScanner, ProtocolError, frame
-from .mysql.responses import DONE, INFILE, MORE, ResponseTracker
+from .mysql.responses import DONE, INFILE, ResponseTracker
 from .session import CHARSET_VARIABLES, LinkState
 
 log = logging.getLogger("proxy.backend")
@@ -62,7 +62,8 @@ class RelaySink(Protocol):
     """The side a relayed response goes to (a client connection)."""
 
     def relay_chunks(self, chunks: Sequence[bytes | memoryview]) -> None: ...
-    def relay_done(self, link: BackendLink, event: int) -> None: ...
+    # DONE (the response ended) or INFILE; ``chunks``: the bytes up to there, not yet relayed.
+    def relay_done(self, link: BackendLink, event: int, chunks: Sequence[bytes | memoryview]) -> None: ...
     def relay_failed(self, link: BackendLink, error: Exception, received_any: bool) -> None: ...
 
 
@@ -114,7 +115,7 @@ class BackendLink(asyncio.Protocol):
         self.last_used = self.created
         self.leased_by: int | None = None  # proxy id of the client holding it
         self.in_pool = False  # in the pool's idle list
-        self._reading_paused = False
+        self.reading_paused = False  # back-pressure from the client it relays to
         self.closed = False
         self.uses = 0  # statements served; tells whether a link was touched since a session used it
         # The last statement on the link left warnings or an error (SHOW WARNINGS would show them).
@@ -128,9 +129,9 @@ class BackendLink(asyncio.Protocol):
         self._reader = PacketReader()
         self._packets: deque[tuple[int, bytes]] = deque()
         self._waiter: asyncio.Future[None] | None = None
-        self._scanner = PacketScanner(self._inspect)
+        # The tracker is the scanner's inspector: its verdict (DONE, INFILE) stops the scan.
+        self._scanner = PacketScanner(self.tracker.feed)
         self._sink: RelaySink | None = None
-        self._event = MORE
         self._received_any = False
         self._lost: Exception | None = None
 
@@ -143,15 +144,19 @@ class BackendLink(asyncio.Protocol):
         mode = self._mode
         if mode == _RELAY:
             self._received_any = True
+            scanner = self._scanner
             try:
-                chunks = self._scanner.feed(data)
+                chunks = scanner.feed(data)
             except ProtocolError as e:
                 self._relay_error(e)
                 return
-            if chunks:
-                self._sink.relay_chunks(chunks)  # type: ignore[union-attr]
-            if self._event != MORE:
-                self._relay_event()
+            if not scanner.verdict:
+                if chunks:
+                    self._sink.relay_chunks(chunks)  # type: ignore[union-attr]
+            else:
+                # The response's last bytes go with the event: the sink hands the link on
+                # to the next queued command before it writes them to its client.
+                self._relay_event(scanner.verdict, chunks)
         elif mode == _EXCHANGE:
             try:
                 self._packets.extend(self._reader.feed(data))
@@ -207,13 +212,13 @@ class BackendLink(asyncio.Protocol):
 
     def pause_reading(self) -> None:
         """Back-pressure: the client this link relays to reads slower than the server sends."""
-        if not self._reading_paused and self.transport is not None and not self.closed:
-            self._reading_paused = True
+        if not self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self._reading_paused and self.transport is not None and not self.closed:
-            self._reading_paused = False
+        if self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = False
             self.transport.resume_reading()
 
     def set_idle(self) -> None:
@@ -293,7 +298,6 @@ class BackendLink(asyncio.Protocol):
         """Send a client's command and relay the response to ``sink``."""
         self._sink = sink
         self._mode = _RELAY
-        self._event = MORE
         self._received_any = False
         self._scanner.reset()
         tracker = self.tracker
@@ -323,26 +327,21 @@ class BackendLink(asyncio.Protocol):
         if not self.closed and self.transport is not None:
             self.transport.write(data)
 
-    def _inspect(self, seq: int, length: int, payload: memoryview) -> bytes | None:
-        event, replacement = self.tracker.feed(length, payload)
-        if event != MORE:
-            self._event = event
-            self._scanner.stop()
-        return replacement
-
-    def _relay_event(self) -> None:
-        event = self._event
-        self._event = MORE
+    def _relay_event(self, event: int, chunks: list[bytes | memoryview]) -> None:
+        sink = self._sink
+        assert sink is not None
         if event == DONE:
             if self._scanner.rest:
+                if chunks:
+                    sink.relay_chunks(chunks)
                 self._relay_error(ProtocolError("server sent bytes after the end of a response"))
                 return
             self._mode = _HELD
-            self.diagnostics_dirty |= bool(self.tracker.warnings or self.tracker.error_code)
-            sink, self._sink = self._sink, None
-            sink.relay_done(self, DONE)  # type: ignore[union-attr]
-        elif event == INFILE:
-            self._sink.relay_done(self, INFILE)  # type: ignore[union-attr]
+            tracker = self.tracker
+            if tracker.warnings or tracker.error_code:
+                self.diagnostics_dirty = True
+            self._sink = None
+        sink.relay_done(self, event, chunks)
 
     def _relay_error(self, error: Exception) -> None:
         log.warning("link %d: %s; closing it", self.facts.thread_id, error)

@@ -63,6 +63,10 @@ READ_BACK = CHARSET_FACTS + b", LAST_INSERT_ID()"
 # Commands naming a binary statement by the id the proxy gave the client.
 _BY_STATEMENT = frozenset({Command.STMT_EXECUTE, Command.STMT_FETCH, Command.STMT_RESET,
                            Command.STMT_SEND_LONG_DATA, Command.STMT_CLOSE})
+# Commands that run a statement: ROW_COUNT() and FOUND_ROWS() describe their results.
+_STATEMENTS = frozenset({Command.QUERY, Command.STMT_EXECUTE})
+# Errors after which the server closes the link.
+_LINK_CLOSING = frozenset({Err.CONNECTION_KILLED, Err.SERVER_LOST})
 _GREETING, _AUTH_SWITCHED, _COMMAND, _INFILE, _CLOSED = range(5)
 MAX_PIPELINED = 16  # commands queued from one client before its socket is paused
 
@@ -97,6 +101,7 @@ class ClientConnection(asyncio.Protocol):
         self._paused_reading = False
         self._deferred_error: tuple[int, str] | None = None
         self._waiter: Waiter | None = None  # queued in the pool for a link
+        self._pool_key = False
         self._paused_link: BackendLink | None = None  # a link paused for this client's back-pressure
         self.statements = 0
         self.is_admin = False
@@ -126,35 +131,36 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            self._data_received(data)
+            if self._phase == _CLOSED:
+                return
+            pending = self._pending
+            for seq, payload in self._reader.feed(data):
+                phase = self._phase
+                if phase == _COMMAND:
+                    if seq != 0:
+                        raise ProtocolError(f"Got packets out of order (a command with sequence id {seq})", Err.NET_PACKETS_OUT_OF_ORDER)
+                    if self.busy or pending:
+                        pending.append((seq, payload))
+                    else:
+                        self._command(seq, payload)  # the usual case: one command, nothing queued
+                elif phase == _INFILE:
+                    self._infile_packet(seq, payload)
+                elif phase in (_GREETING, _AUTH_SWITCHED):
+                    self._auth_packet(seq, payload)
+                else:
+                    return
+            if pending:
+                if not self.busy:
+                    self._run_pending()
+                if len(pending) > MAX_PIPELINED and not self._paused_reading and self.transport:
+                    self._paused_reading = True
+                    self.transport.pause_reading()
         except ProtocolError as e:
             log.warning("client %d (%s): %s; closing", self.proxy_id, self.peer, e)
             self._fatal(e.code, str(e), seq=0)
         except Exception:  # noqa: BLE001 - one bad client must never take the daemon down
             log.exception("client %d (%s): internal error; closing this client", self.proxy_id, self.peer)
             self._fatal(Err.NET_READ_ERROR, "mysql-pool-proxy internal error; connection closed", seq=0)
-
-    def _data_received(self, data: bytes) -> None:
-        if self._phase == _CLOSED:
-            return
-        packets = self._reader.feed(data)
-        for seq, payload in packets:
-            phase = self._phase
-            if phase == _COMMAND:
-                if seq != 0:
-                    raise ProtocolError(f"Got packets out of order (a command with sequence id {seq})", Err.NET_PACKETS_OUT_OF_ORDER)
-                self._pending.append((seq, payload))
-            elif phase == _INFILE:
-                self._infile_packet(seq, payload)
-            elif phase in (_GREETING, _AUTH_SWITCHED):
-                self._auth_packet(seq, payload)
-            else:
-                return
-        if self._pending and not self.busy:
-            self._run_pending()
-        if len(self._pending) > MAX_PIPELINED and not self._paused_reading and self.transport:
-            self._paused_reading = True
-            self.transport.pause_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._phase = _CLOSED
@@ -272,12 +278,14 @@ class ClientConnection(asyncio.Protocol):
             state=LinkState(schema=db, multi_statements=bool(self._auth_caps & Cap.MULTI_STATEMENTS)),
         )
         self.session.state.variables.update(self.server.charset_variables(self._auth_collation))
+        # Links opened with CLIENT_FOUND_ROWS answer differently: the pool keeps them apart.
+        self._pool_key = bool(self._auth_caps & Cap.FOUND_ROWS)
         if self._handshake_timer:
             self._handshake_timer.cancel()
         self.is_admin = bool(self.server.config.admin.user) and self._auth_user == self.server.config.admin.user
         if self._auth_db and self._auth_db not in self.server.known_schemas and not self.is_admin:
             try:
-                link = await self.pool.acquire(self._key())
+                link = await self.pool.acquire(self._pool_key)
             except PoolTimeout as e:
                 self._fatal(POOL_BUSY, e.message, seq)
                 return
@@ -301,9 +309,6 @@ class ClientConnection(asyncio.Protocol):
         self._done()
 
     # -- the command loop ---------------------------------------------------------------
-
-    def _key(self) -> bool:
-        return bool(self.session and self.session.client_caps & Cap.FOUND_ROWS)
 
     def _run_pending(self) -> None:
         while self._pending and not self.busy and self._phase == _COMMAND:
@@ -333,35 +338,8 @@ class ClientConnection(asyncio.Protocol):
             self._deferred_error = None
             self.send_error(code, message, seq + 1)
             return
-        if cmd == Command.QUIT:
-            self._phase = _CLOSED
-            if self.transport:
-                self.transport.close()
-            return
-        if self.is_admin:
-            self._admin_command(seq, cmd, payload)
-            return
-        if cmd == Command.PING:
-            self._write(frame(build_ok(OK(status=self._status()), session.client_caps), seq + 1))
-            return
-        if cmd == Command.SET_OPTION and len(payload) >= 3:
-            # Applied to whichever link serves the next statement (COM_SET_OPTION on lease).
-            session.set_multi_statements(int.from_bytes(payload[1:3], "little") == 0)
-            self._write(frame(build_eof(self._status()), seq + 1))
-            return
-        if cmd == Command.RESET_CONNECTION:
-            self.busy = True
-            self.server.spawn(self._reset_session(seq))
-            return
-        if cmd == Command.CHANGE_USER:
-            self.busy = True
-            self.server.spawn(self._change_user(seq, payload))
-            return
-        if cmd not in TRACKED and cmd not in _BY_STATEMENT:
-            self.send_error(Err.UNKNOWN_COM, f"Unknown command {cmd} (not supported through mysql-pool-proxy)", seq + 1)
-            return
         stmt = None
-        if cmd == Command.QUERY:
+        if cmd == Command.QUERY and not self.is_admin:
             stmt = classify(payload[1:])
             if stmt is not None:
                 if Kind.KILL in stmt.kind and self._kill(seq, stmt):
@@ -372,32 +350,68 @@ class ClientConnection(asyncio.Protocol):
                     # The server would refuse it for this client; our link could not (it has LOCAL_FILES).
                     self.send_error(ER_LOCAL_INFILE_DISABLED, _LOCAL_INFILE_MESSAGE, seq + 1)
                     return
-        elif cmd in _BY_STATEMENT and not self._statement_command(seq, cmd, payload):
+        elif self._answered_here(seq, cmd, payload):
             return
-        session.before_statement(stmt)
+        if session.pins:
+            session.before_statement(stmt)
         self.statements += 1
         self.busy = True
         self._retried = False
         self._current = (seq, payload, cmd, stmt)
-        self._follow_up = stmt is not None and Kind.FOLLOW_UP in stmt.kind
+        self._follow_up = follow_up = stmt is not None and Kind.FOLLOW_UP in stmt.kind
         link = self.link
         if link is not None:
             self._fresh_link = False
             self._send(link)
             return
-        link = self._follow_up_link() if self._follow_up else None
+        link = self._follow_up_link() if follow_up else None
         if link is None:
             self._lease()
         else:
             self._leased(link)
 
+    def _answered_here(self, seq: int, cmd: int, payload: bytes) -> bool:
+        """Commands other than COM_QUERY: True when the proxy answered (or dropped) it itself."""
+        session = self.session
+        assert session is not None
+        if cmd == Command.QUIT:
+            self._phase = _CLOSED
+            if self.transport:
+                self.transport.close()
+            return True
+        if self.is_admin:
+            self._admin_command(seq, cmd, payload)
+            return True
+        if cmd == Command.PING:
+            self._write(frame(build_ok(OK(status=self._status()), session.client_caps), seq + 1))
+            return True
+        if cmd == Command.SET_OPTION and len(payload) >= 3:
+            # Applied to whichever link serves the next statement (COM_SET_OPTION on lease).
+            session.set_multi_statements(int.from_bytes(payload[1:3], "little") == 0)
+            self._write(frame(build_eof(self._status()), seq + 1))
+            return True
+        if cmd == Command.RESET_CONNECTION:
+            self.busy = True
+            self.server.spawn(self._reset_session(seq))
+            return True
+        if cmd == Command.CHANGE_USER:
+            self.busy = True
+            self.server.spawn(self._change_user(seq, payload))
+            return True
+        if cmd in _BY_STATEMENT:
+            return not self._statement_command(seq, cmd, payload)
+        if cmd not in TRACKED:
+            self.send_error(Err.UNKNOWN_COM, f"Unknown command {cmd} (not supported through mysql-pool-proxy)", seq + 1)
+            return True
+        return False
+
     def _lease(self) -> None:
         """A link for the current command: now, or when the pool calls back."""
-        got = self.pool.lease(self._key(), self._on_lease)
-        if isinstance(got, Waiter):
+        got = self.pool.lease(self._pool_key, self._on_lease)
+        if type(got) is Waiter:
             self._waiter = got
         else:
-            self._leased(got)
+            self._leased(got)  # type: ignore[arg-type]
 
     def _on_lease(self, link: BackendLink | None, error: PoolTimeout | None) -> None:
         self._waiter = None
@@ -415,7 +429,9 @@ class ClientConnection(asyncio.Protocol):
         self.link = link
         link.leased_by = self.proxy_id
         self._fresh_link = True
-        if self._needs_preparation(link):
+        # The link must first be brought to the session's state, and must not answer
+        # a follow-up question with another session's warnings.
+        if link.state != self.session.state or (self._follow_up and link.diagnostics_dirty):  # type: ignore[union-attr]
             self.server.spawn(self._replay_and_send(link))
         else:
             self._send(link)
@@ -438,17 +454,10 @@ class ClientConnection(asyncio.Protocol):
         self._current = (seq, payload[:1] + sql, cmd, stmt)
         return None
 
-    def _needs_preparation(self, link: BackendLink) -> bool:
-        """Whether the link must be brought to the session's state before the statement."""
-        assert self.session is not None
-        return link.state != self.session.state or (self._follow_up and link.diagnostics_dirty)
-
     def _send(self, link: BackendLink) -> None:
         session = self.session
         assert self._current is not None and session is not None
         seq, payload, cmd, _stmt = self._current
-        self.link = link
-        link.leased_by = self.proxy_id
         alias = 0
         if cmd == Command.STMT_PREPARE:
             session.last_statement_id += 1
@@ -585,19 +594,17 @@ class ClientConnection(asyncio.Protocol):
             # Whole bytes, not memoryviews: the event loop sends bytes without an extra buffering step.
             t.write(chunks[0] if len(chunks) == 1 and type(chunks[0]) is bytes else b"".join(chunks))
 
-    def relay_done(self, link: BackendLink, event: int) -> None:
+    def relay_done(self, link: BackendLink, event: int, chunks: Sequence[bytes | memoryview]) -> None:
         if event == INFILE:
+            self.relay_chunks(chunks)
             self._start_infile(link)
             return
         assert event == DONE and self._current is not None and self.session is not None
         _seq, payload, cmd, stmt = self._current
         tr = link.tracker
         session = self.session
-        read_back = session.after_response(
-            cmd, tr.status if tr.status_known else None, not tr.error_code, tr.error_code, tr.state_blocks, tr.unexplained_change,
-            tr.warnings, tr.insert_id, tr.cursor_open, stmt, link.state,
-        )
-        if cmd in (Command.QUERY, Command.STMT_EXECUTE):
+        read_back = session.after_response(cmd, tr, stmt, link.state)
+        if cmd in _STATEMENTS:
             session.last_row_count = -1 if tr.result_set or tr.error_code else tr.affected_rows
             if tr.result_set:
                 session.last_found_rows = tr.rows
@@ -609,10 +616,11 @@ class ClientConnection(asyncio.Protocol):
         elif session.pins and (cmd == Command.STMT_EXECUTE or cmd == Command.STMT_RESET):
             session.unpin(PIN_LONG_DATA)
         if read_back:
+            self.relay_chunks(chunks)
             link.set_held()
             self.server.spawn(self._read_back_then_finish(link))
             return
-        self._finish(link)
+        self._finish(link, chunks)
 
     async def _read_back_then_finish(self, link: BackendLink) -> None:
         """Read back state the server does not report (collation, LAST_INSERT_ID(expr)): one round trip."""
@@ -633,11 +641,16 @@ class ClientConnection(asyncio.Protocol):
         link.state.variables.update(values)
         self._finish(link)
 
-    def _finish(self, link: BackendLink) -> None:
-        """The response is complete: keep the link if the session must, else give it back."""
+    def _finish(self, link: BackendLink, chunks: Sequence[bytes | memoryview] = ()) -> None:
+        """The response is complete: keep the link if the session must, else give it back.
+
+        ``chunks``, the response's last bytes, are written after the link went on to
+        the next queued command: the links are what clients queue for, so the server
+        gets its next statement before this client (woken by the write) competes for the CPU.
+        """
         session = self.session
         assert session is not None
-        if link.tracker.error_code in (Err.CONNECTION_KILLED, Err.SERVER_LOST):
+        if link.tracker.error_code in _LINK_CLOSING:
             # The server is closing this link; it will not serve another statement.
             self.link = None
             self.pool.discard(link)
@@ -647,6 +660,8 @@ class ClientConnection(asyncio.Protocol):
             self.link = None
             session.multiplexed += 1
             self.pool.release(link)
+        if chunks:
+            self.relay_chunks(chunks)
         self._done()
 
     def relay_failed(self, link: BackendLink, error: Exception, received_any: bool) -> None:

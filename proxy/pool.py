@@ -94,9 +94,19 @@ class Pool:
     # One timer for the queue's head: every waiter has the same queue_timeout, so
     # deadlines grow along the FIFO and the head's is always the next to fire.
     _timer: asyncio.TimerHandle | None = None
+    # The loop the pool lives in, looked up once: asyncio.get_running_loop() costs a
+    # getpid() system call on Python 3.11, twice per queued lease otherwise.
+    _loop: asyncio.AbstractEventLoop | None = None
 
     def __post_init__(self) -> None:
         self.effective_cap = self.cfg.max_connections
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     # -- numbers ---------------------------------------------------------------
 
@@ -150,7 +160,7 @@ class Pool:
                     link.in_pool = False
                     self.stats.leases += 1
                     return link
-        loop = asyncio.get_running_loop()
+        loop = self._loop or self.loop
         waiter = Waiter(key, callback, loop.time())
         self.waiters.append(waiter)
         self.stats.queued_leases += 1
@@ -204,7 +214,7 @@ class Pool:
     def _expire_due(self) -> None:
         """queue_timeout passed for the waiters at the head of the queue."""
         self._timer = None
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         now = loop.time()
         timeout = self.cfg.queue_timeout
         while self.waiters and self.waiters[0].since + timeout <= now:
@@ -218,20 +228,25 @@ class Pool:
 
     def _hand_over(self, link: BackendLink) -> bool:
         """Give a free link to the first waiter; False when nobody waits."""
-        while self.waiters:
-            waiter = self.waiters[0]
-            if waiter.key != link.found_rows:
-                # First in line wants the other kind: make room for it.
-                self._drop(link)
-                return True
-            self.waiters.popleft()
-            waiter.done = True
-            self.stats.leases += 1
-            self.stats.total_wait += asyncio.get_running_loop().time() - waiter.since
-            link.in_pool = False
-            waiter.callback(link, None)
+        waiters = self.waiters
+        if not waiters or self.paused:
+            return False
+        waiter = waiters[0]
+        if waiter.key != link.found_rows:
+            # First in line wants the other kind: make room for it.
+            self._drop(link)
             return True
-        return False
+        waiters.popleft()
+        waiter.done = True
+        stats = self.stats
+        stats.leases += 1
+        stats.total_wait += self.loop.time() - waiter.since
+        link.in_pool = False
+        link.leased_by = None
+        if link.reading_paused:
+            link.resume_reading()  # a slow client paused it: the next user must not find it deaf
+        waiter.callback(link, None)
+        return True
 
     def _timeout_message(self) -> str:
         why = f"; last connect error: {self.last_connect_error}" if self.last_connect_error else ""
@@ -346,12 +361,13 @@ class Pool:
         if link.closed or link not in self.links:
             self._drop(link)
             return
-        if len(self.links) + self.opening > self.effective_cap or self._retire_due(link):
+        if len(self.links) + self.opening > self.effective_cap or (self.cfg.max_lifetime and self._retire_due(link)):
             self._drop(link)
             return
-        link.set_idle()
-        if self.waiters and not self.paused and self._hand_over(link):
+        # Straight to the next waiter when there is one: no idle bookkeeping in between.
+        if self.waiters and self._hand_over(link):
             return
+        link.set_idle()
         link.in_pool = True
         self.idle[link.found_rows].append(link)
 

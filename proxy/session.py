@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from .mysql.constants import MULTI_STATEMENTS_OFF, MULTI_STATEMENTS_ON, Cap, Command, Status
 from .mysql.messages import parse_session_state
+from .mysql.responses import ResponseTracker
 from .sql import Classified, Kind
 
 log = logging.getLogger("proxy.session")
@@ -69,13 +70,22 @@ PIN_NEXT_STATEMENT = "diagnostics of the last statement"  # warnings, errors, FO
 PIN_NEXT_TRANSACTION = "SET TRANSACTION"  # characteristics of the next transaction
 
 
-@dataclass
+@dataclass(eq=False)
 class LinkState:
     """The replayable state of a link (or the state a session wants)."""
 
     schema: str | None = None
     variables: dict[str, str] = field(default_factory=dict)
     multi_statements: bool = False
+
+    def __eq__(self, other: object) -> bool:
+        # Compared on every lease: field by field, without the tuples dataclass equality builds.
+        if not isinstance(other, LinkState):
+            return NotImplemented
+        return (self.schema == other.schema and self.multi_statements == other.multi_statements
+                and self.variables == other.variables)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as with the generated __eq__
 
     def copy(self) -> LinkState:
         return LinkState(self.schema, dict(self.variables), self.multi_statements)
@@ -181,19 +191,26 @@ class Session:
         if self.pins and (stmt is None or Kind.FOLLOW_UP not in stmt.kind):
             self.unpin(PIN_NEXT_STATEMENT)
 
-    def after_response(self, command: int, status: int | None, ok: bool, error_code: int, state_blocks: list[bytes],
-                       unexplained_change: bool, warnings: int, insert_id: int, cursor_open: bool,
-                       stmt: Classified | None, link: LinkState) -> bool:
+    def after_response(self, command: int, response: ResponseTracker, stmt: Classified | None, link: LinkState) -> bool:
         """Fold one complete response into the session and its link, and update pins.
 
         True when the caller must read state back from the link: the server does
         not report the collation a character-set change brings, nor the value
         LAST_INSERT_ID(expr) set inside a result set.
         """
-        if (stmt is None and not state_blocks and not unexplained_change and not warnings and not error_code
-                and not insert_id and not cursor_open and status is not None and not status & Status.IN_TRANS
-                and not self.pins and (command == Command.QUERY or command == Command.STMT_EXECUTE)):
+        status = response.status if response.status_known else None
+        if (stmt is None and not self.pins and status is not None and not status & Status.IN_TRANS
+                and not response.state_blocks and not response.unexplained_change and not response.warnings
+                and not response.error_code and not response.insert_id and not response.cursor_open
+                and (command == Command.QUERY or command == Command.STMT_EXECUTE)):
             return False  # the common case: a plain statement that changed nothing
+        error_code = response.error_code
+        ok = not error_code
+        warnings = response.warnings
+        insert_id = response.insert_id
+        cursor_open = response.cursor_open
+        unexplained_change = response.unexplained_change
+        state_blocks = response.state_blocks
         charset_changed = stmt is not None and bool(stmt.kind & Kind.SETS_LAST_INSERT_ID) and not error_code
         for block in state_blocks:
             changes = parse_session_state(block)

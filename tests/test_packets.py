@@ -89,15 +89,15 @@ class Recorder:
     """An inspector that records what it is shown and optionally rewrites small packets."""
 
     def __init__(self, replace: bool = False) -> None:
-        self.seen: list[tuple[int, int, bytes]] = []
+        self.seen: list[tuple[int, bytes]] = []
         self.replace = replace
 
-    def __call__(self, seq: int, length: int, payload: memoryview) -> bytes | None:
+    def __call__(self, length: int, payload: memoryview) -> tuple[int, bytes | None]:
         # Copy now: the view points into the scanner's buffer.
-        self.seen.append((seq, length, bytes(payload)))
+        self.seen.append((length, bytes(payload)))
         if self.replace and length <= packets.SMALL_PACKET:
-            return b"R" + bytes(payload) + b"!"
-        return None
+            return 0, b"R" + bytes(payload) + b"!"
+        return 0, None
 
 
 def scan_all(scanner: PacketScanner, chunks: Sequence[bytes]) -> bytes:
@@ -108,15 +108,15 @@ def scan_all(scanner: PacketScanner, chunks: Sequence[bytes]) -> bytes:
     return b"".join(bytes(x) for x in out)
 
 
-def expected_shown(logical: Sequence[tuple[int, bytes]]) -> list[tuple[int, int, bytes]]:
+def expected_shown(logical: Sequence[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
     """What the inspector must see for these (seq, payload) logical packets."""
     out = []
-    for seq, payload in logical:
+    for _seq, payload in logical:
         first_len = min(len(payload), packets.MAX_PAYLOAD)
         if first_len <= packets.SMALL_PACKET:
-            out.append((seq & 0xFF, first_len, payload[:first_len]))
+            out.append((first_len, payload[:first_len]))
         else:
-            out.append((seq & 0xFF, first_len, payload[: packets.INSPECT_PREFIX]))
+            out.append((first_len, payload[: packets.INSPECT_PREFIX]))
     return out
 
 
@@ -268,7 +268,7 @@ def test_scanner_small_packets_shown_whole_and_forwarded() -> None:
     rec = Recorder()
     s = PacketScanner(rec)
     assert scan_all(s, [stream]) == stream
-    assert rec.seen == [(1, 1, b"\x01"), (2, 4, b"\x03def"), (3, 0, b""), (4, 5, b"\xfe\x00\x00\x02\x00")]
+    assert rec.seen == [(1, b"\x01"), (4, b"\x03def"), (0, b""), (5, b"\xfe\x00\x00\x02\x00")]
     assert s.rest == b""
 
 
@@ -278,7 +278,7 @@ def test_scanner_boundary_between_small_and_big() -> None:
     stream = frame(at_limit, 1) + frame(above, 2)
     rec = Recorder()
     assert scan_all(PacketScanner(rec), cut(stream, [7, SMALL_PACKET + 6, SMALL_PACKET + 9])) == stream
-    assert rec.seen == [(1, SMALL_PACKET, at_limit), (2, SMALL_PACKET + 1, above[:INSPECT_PREFIX])]
+    assert rec.seen == [(SMALL_PACKET, at_limit), (SMALL_PACKET + 1, above[:INSPECT_PREFIX])]
 
 
 def test_scanner_waits_for_the_prefix_of_a_big_packet() -> None:
@@ -290,7 +290,7 @@ def test_scanner_waits_for_the_prefix_of_a_big_packet() -> None:
     assert b"".join(bytes(x) for x in s.feed(stream[:first])) == b""  # not enough to show it yet
     assert rec.seen == []
     out = b"".join(bytes(x) for x in s.feed(stream[first : first + 1]))
-    assert rec.seen == [(5, len(big), big[:INSPECT_PREFIX])]
+    assert rec.seen == [(len(big), big[:INSPECT_PREFIX])]
     out += scan_all(s, cut(stream[first + 1 :], [1, 100, 20000]))
     assert out == stream
 
@@ -302,7 +302,7 @@ def test_scanner_16mib_payload_shown_once_continuations_not_shown() -> None:
     rec = Recorder()
     out = scan_all(PacketScanner(rec), cut(stream, [3, 6, 9, 40, m - 1, m + 1, m + 3, m + 5, m + 104, m + 106]))
     assert out == stream
-    assert rec.seen == [(1, 1, b"\x01"), (2, MAX_PAYLOAD, big[:INSPECT_PREFIX]), (4, 5, b"\xfe\x00\x00\x02\x00")]
+    assert rec.seen == [(1, b"\x01"), (MAX_PAYLOAD, big[:INSPECT_PREFIX]), (5, b"\xfe\x00\x00\x02\x00")]
 
 
 def test_scanner_exact_multiple_hides_the_empty_continuation_but_not_an_empty_packet() -> None:
@@ -311,14 +311,14 @@ def test_scanner_exact_multiple_hides_the_empty_continuation_but_not_an_empty_pa
     assert packet_heads(stream) == [(MAX_PAYLOAD, 1), (0, 2), (0, 3)]
     rec = Recorder()
     assert scan_all(PacketScanner(rec), [stream]) == stream
-    assert rec.seen == [(1, MAX_PAYLOAD, big[:INSPECT_PREFIX]), (3, 0, b"")]
+    assert rec.seen == [(MAX_PAYLOAD, big[:INSPECT_PREFIX]), (0, b"")]
 
 
 def test_scanner_replacement_is_reframed_with_the_same_seq() -> None:
     stream = frame(b"\x01", 1) + frame(b"\x00\x00\x00\x02@\x00\x00", 7) + frame(b"tail", 8)
 
-    def inspect(seq: int, length: int, p: memoryview) -> bytes | None:
-        return b"\x00\x00\x00\x02\x00\x00\x00" if seq == 7 else None
+    def inspect(length: int, p: memoryview) -> tuple[int, bytes | None]:
+        return 0, (b"\x00\x00\x00\x02\x00\x00\x00" if bytes(p[4:5]) == b"@" else None)
 
     for chunks in ([stream], cut(stream, [5, 7, 10, 14]), [stream[i : i + 1] for i in range(len(stream))]):
         out = scan_all(PacketScanner(inspect), chunks)
@@ -329,21 +329,39 @@ def test_scanner_stop_returns_at_the_packet_end_and_keeps_the_rest() -> None:
     p1, p2, p3 = frame(b"a", 1), frame(b"bb", 2), frame(b"ccc", 3)
     stream = p1 + p2 + p3 + b"\x05\x00"  # plus the start of something else
     shown: list[int] = []
-    s: PacketScanner
 
-    def inspect(seq: int, length: int, p: memoryview) -> None:
-        shown.append(seq)
-        if seq == 2:
-            s.stop()
+    def inspect(length: int, p: memoryview) -> tuple[int, None]:
+        shown.append(length)
+        return (7 if length == 2 else 0), None
 
     s = PacketScanner(inspect)
     assert b"".join(bytes(x) for x in s.feed(stream)) == p1 + p2
     assert shown == [1, 2]
+    assert s.verdict == 7
     assert s.rest == p3 + b"\x05\x00"
     # The held bytes are scanned on the next feed, with nothing new needed.
     assert b"".join(bytes(x) for x in s.feed(b"")) == p3
     assert shown == [1, 2, 3]
+    assert s.verdict == 0
     assert s.rest == b"\x05\x00"
+
+
+def test_scanner_stop_on_a_long_packet_waits_for_its_body() -> None:
+    """A verdict on a long packet (only its prefix was shown) stops after the packet's last byte."""
+    big = pattern(SMALL_PACKET * 2, salt=3)
+    stream = frame(b"a", 1) + frame(big, 2) + b"\x09"  # plus the start of something else
+
+    def inspect(length: int, p: memoryview) -> tuple[int, None]:
+        return (1 if length == len(big) else 0), None
+
+    s = PacketScanner(inspect)
+    middle = HEADER_SIZE + 1 + HEADER_SIZE + 100
+    out = b"".join(bytes(x) for x in s.feed(stream[:middle]))
+    assert s.verdict == 0  # the body has not passed yet
+    out += b"".join(bytes(x) for x in s.feed(stream[middle:]))
+    assert s.verdict == 1
+    assert out == stream[:-1]
+    assert s.rest == b"\x09"
 
 
 def test_scanner_reset_forgets_a_half_packet() -> None:
@@ -352,7 +370,7 @@ def test_scanner_reset_forgets_a_half_packet() -> None:
     s.feed(frame(pattern(SMALL_PACKET * 2), 1)[:200])  # inside a big packet's body
     s.reset()
     assert scan_all(s, [frame(b"\x00ok", 1)]) == frame(b"\x00ok", 1)
-    assert rec.seen[-1] == (1, 3, b"\x00ok")
+    assert rec.seen[-1] == (3, b"\x00ok")
 
 
 # --------------------------------------------------------------------------- properties
@@ -433,16 +451,17 @@ def test_scanner_property_with_scaled_split_size(logical: list[tuple[int, bytes]
 @given(st.lists(st.binary(max_size=64), min_size=1, max_size=8), st.integers(0, 2**32))
 def test_scanner_stop_then_resume_loses_and_repeats_nothing(payloads: list[bytes], seed: int) -> None:
     """Stopping at any packet and resuming with feed(b'') yields the stream once, in order."""
+    # Each payload starts with its index, so the inspector can tell which one it is shown.
+    payloads = [bytes((i,)) + p for i, p in enumerate(payloads)]
     stream = b"".join(frame(p, i) for i, p in enumerate(payloads))
     rnd = random.Random(seed)
     stop_at = {i for i in range(len(payloads)) if rnd.random() < 0.5}
     shown: list[int] = []
-    s: PacketScanner
 
-    def inspect(seq: int, length: int, p: memoryview) -> None:
+    def inspect(length: int, p: memoryview) -> tuple[int, None]:
+        seq = p[0]
         shown.append(seq)
-        if seq in stop_at:
-            s.stop()
+        return (1 if seq in stop_at else 0), None
 
     s = PacketScanner(inspect)
     out = b"".join(bytes(x) for x in s.feed(stream))

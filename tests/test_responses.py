@@ -81,20 +81,12 @@ def relay(cmd: int, packets: Sequence[bytes], client_caps: int) -> None:
         tr = ResponseTracker(client_caps=client_caps)
         tr.start(cmd)
         events: list[int] = []
-        s: PacketScanner
-
-        def inspect(seq: int, length: int, p: memoryview) -> bytes | None:
-            event, replacement = tr.feed(length, p)
-            if event != MORE:
-                events.append(event)
-                s.stop()
-            return replacement
-
-        s = PacketScanner(inspect)
+        s = PacketScanner(tr.feed)
         chunks = [stream[i : i + size] for i in range(0, len(stream), size)]
         for n, chunk in enumerate(chunks):
             s.feed(chunk)
-            if events:
+            if s.verdict:
+                events.append(s.verdict)
                 assert n == len(chunks) - 1, f"DONE before the end of the stream (chunk {n} of {len(chunks)})"
         assert events == [DONE]
         assert s.rest == b""

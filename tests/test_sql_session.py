@@ -297,11 +297,7 @@ async def tracked(db: MariaDB, statements: Sequence[bytes]) -> tuple[Session, Li
         session = Session(proxy_id=1, user=APP_USER, client_caps=Cap.SESSION_TRACK, state=link.state.copy())
         for sql in statements:
             (reply,) = await link.exchange([(Command.QUERY, sql)])
-            tr = reply.tracker
-            charset_changed = session.after_response(
-                Command.QUERY, tr.status, not tr.error_code, tr.error_code, tr.state_blocks, tr.unexplained_change,
-                tr.warnings, tr.insert_id, tr.cursor_open, classify(sql), link.state,
-            )
+            charset_changed = session.after_response(Command.QUERY, reply.tracker, classify(sql), link.state)
             if charset_changed:  # what the frontend does: read the collation back
                 (facts,) = await link.exchange([(Command.QUERY, CHARSET_FACTS)])
                 values = charset_values(facts.rows()[0])

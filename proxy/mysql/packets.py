@@ -41,7 +41,7 @@ def frame(payload: bytes | bytearray | memoryview, seq: int) -> bytes:
     """Frame one logical payload into packets starting at ``seq``."""
     n = len(payload)
     if n < MAX_PAYLOAD:
-        return n.to_bytes(3, "little") + bytes((seq & 0xFF,)) + bytes(payload)
+        return (n | (seq & 0xFF) << 24).to_bytes(4, "little") + payload  # bytes + any buffer is bytes
     out = bytearray()
     pos = 0
     while True:
@@ -118,9 +118,11 @@ class PacketReader:
         return len(self._buf) + self._parts_len
 
 
-# The callback of a scanner: (seq, payload length, payload or its prefix) ->
-# None to forward the packet as it is, or a replacement payload.
-Inspector = Callable[[int, int, memoryview], "bytes | None"]
+# The callback of a scanner: (payload length, payload or its prefix) -> (verdict,
+# replacement). A replacement payload is framed with the packet's own sequence id
+# (None: forward the packet as it is). Verdict 0 goes on; any other value stops the
+# scan at that packet's end (see PacketScanner). ResponseTracker.feed is one.
+Inspector = Callable[[int, memoryview], "tuple[int, bytes | None]"]
 
 
 @dataclass
@@ -130,36 +132,38 @@ class PacketScanner:
     ``feed`` returns the bytes to forward now. Every packet's head is shown to
     the inspector once: whole when it is small, else its first bytes (enough
     to tell a row from an OK/EOF/ERR). Continuation packets of a split payload
-    are not shown. ``stop()`` from inside the inspector makes feed return at
-    that packet's end and keep the rest for the next ``feed(b"")``.
+    are not shown. A non-zero verdict makes feed return at that packet's end,
+    keeps it in ``verdict`` and keeps the rest for the next ``feed(b"")``.
     """
 
     inspect: Inspector
+    verdict: int = 0  # the last feed's stopping verdict; 0 when it did not stop
     _hold: bytearray = field(default_factory=bytearray)  # a partial packet head
     _skip: int = 0  # body bytes of a long packet still to pass through
     _continuing: bool = False  # the last packet was 0xFFFFFF long
-    _stopped: bool = False
-
-    def stop(self) -> None:
-        self._stopped = True
+    _deferred: int = 0  # a verdict on a long packet, given when its body has passed
 
     def reset(self) -> None:
-        self._hold.clear()
+        if self._hold:
+            self._hold = bytearray()
         self._skip = 0
         self._continuing = False
-        self._stopped = False
+        self._deferred = 0
+        self.verdict = 0
 
     @property
     def rest(self) -> bytes:
-        """Bytes held back after stop() (belong to whatever comes next)."""
+        """Bytes held back after a stop (belong to whatever comes next)."""
         return bytes(self._hold)
 
     def feed(self, data: bytes | bytearray) -> list[bytes | memoryview]:
+        # The relay's hot path: one pass, locals only, one inspector call per packet.
         if self._hold:
             self._hold += data
             data = self._hold
             self._hold = bytearray()
-        self._stopped = False
+        inspect = self.inspect
+        verdict = 0
         out: list[bytes | memoryview] = []
         view = memoryview(data)
         end = len(data)
@@ -171,11 +175,14 @@ class PacketScanner:
                 n = min(skip, end - pos)
                 pos += n
                 skip -= n
+                if not skip and self._deferred and not self._continuing:
+                    verdict = self._deferred  # the long packet that ended it has passed
+                    self._deferred = 0
+                    break
                 continue
             if end - pos < HEADER_SIZE:
                 break
             length = data[pos] | data[pos + 1] << 8 | data[pos + 2] << 16
-            seq = data[pos + 3]
             body = pos + HEADER_SIZE
             if self._continuing:
                 self._continuing = length == MAX_PAYLOAD
@@ -185,23 +192,28 @@ class PacketScanner:
             if length <= SMALL_PACKET:
                 if end - body < length:
                     break
-                replacement = self.inspect(seq, length, view[body : body + length])
+                verdict, replacement = inspect(length, view[body : body + length])
                 if replacement is not None:
                     if pos > sent:
                         out.append(view[sent:pos])
-                    out.append(frame(replacement, seq))
+                    out.append(frame(replacement, data[pos + 3]))
                     sent = body + length
                 pos = body + length
-                if self._stopped:
+                if verdict:
                     break
                 continue
             if end - body < INSPECT_PREFIX:
                 break
-            self.inspect(seq, length, view[body : body + INSPECT_PREFIX])
+            verdict, _ = inspect(length, view[body : body + INSPECT_PREFIX])
             self._continuing = length == MAX_PAYLOAD
             skip = length
             pos = body
+            if verdict:
+                # A long packet ends the response: stop once all of it has passed.
+                self._deferred = verdict
+                verdict = 0
         self._skip = skip
+        self.verdict = verdict
         if pos > sent:
             out.append(view[sent:pos])
         if pos < end:

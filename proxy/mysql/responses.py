@@ -18,7 +18,10 @@ from .messages import ERR_HEADER, LOCAL_INFILE_HEADER, OK_HEADER, parse_ok, read
 from .packets import ProtocolError
 from .stmt import prepare_ok_with_id
 
-MORE, DONE, INFILE = 0, 1, 2
+MORE, DONE, INFILE = 0, 1, 2  # MORE is 0: a PacketScanner goes on; the others stop it
+# feed's answers without a replacement, built once (the hot path allocates no tuple for them).
+_MORE = (MORE, None)
+_DONE = (DONE, None)
 
 # States
 _FIRST = 0  # first packet of a (next) result: OK, ERR, LOCAL INFILE or column count
@@ -48,6 +51,8 @@ _SINGLE_PACKET = frozenset(
         Command.TIME,
     }
 )
+# Where a response starts, by command (others: _FIRST).
+_START_STATE = {cmd: _SINGLE for cmd in _SINGLE_PACKET} | {Command.FIELD_LIST: _FIELD_LIST, Command.STMT_FETCH: _ROWS}
 # Commands the server never answers.
 NO_RESPONSE = frozenset({Command.QUIT, Command.STMT_CLOSE, Command.STMT_SEND_LONG_DATA})
 # Commands the tracker can follow (COM_CHANGE_USER is an auth exchange, handled apart).
@@ -88,14 +93,12 @@ class ResponseTracker:
     def start(self, command: int, statement_alias: int = 0) -> None:
         self.command = command
         self.statement_alias = statement_alias
-        self.state = _SINGLE if command in _SINGLE_PACKET else _FIELD_LIST if command == Command.FIELD_LIST else _ROWS if command == Command.STMT_FETCH else _FIRST
+        self.state = _START_STATE.get(command, _FIRST)
         self.status = self.warnings = self.affected_rows = self.insert_id = self.error_code = self.rows = 0
-        self.status_known = False
-        self.cursor_open = False
-        self.result_set = False
+        self.status_known = self.cursor_open = self.result_set = self.unexplained_change = False
         self.prepare = None
-        self.state_blocks = []
-        self.unexplained_change = False
+        if self.state_blocks:
+            self.state_blocks = []
 
     # The relay's hot path: one call per packet. Returns (event, replacement payload or None).
     def feed(self, length: int, p: memoryview) -> tuple[int, bytes | None]:
@@ -103,19 +106,19 @@ class ResponseTracker:
         first = p[0] if length else -1
         if state == _ROWS:
             if first == 0xFE and length < 9:
-                return self._eof(p), None
+                return (self._eof(p), None)
             if first == ERR_HEADER:
-                return self._err(p), None
+                return (self._err(p), None)
             self.rows += 1
-            return MORE, None
+            return _MORE
         if state == _FIRST or state == _INFILE_ANSWER:
             if first == OK_HEADER:
                 return self._ok(p, length)
             if first == ERR_HEADER:
-                return self._err(p), None
+                return (self._err(p), None)
             if state == _FIRST and first == LOCAL_INFILE_HEADER:
                 self.state = _INFILE_ANSWER
-                return INFILE, None
+                return (INFILE, None)
             if state == _INFILE_ANSWER:
                 raise ProtocolError("unexpected packet after LOCAL INFILE data")
             n, _ = read_lenenc_int(p, 0)
@@ -124,11 +127,11 @@ class ResponseTracker:
             self._columns_left = n
             self.state = _COLUMNS
             self.result_set = True
-            return MORE, None
+            return _MORE
         if state == _COLUMNS:
             if self._columns_left:
                 self._columns_left -= 1
-                return MORE, None
+                return _MORE
             if first != 0xFE or length < 5:
                 raise ProtocolError("missing EOF after column definitions")
             _w, status = struct.unpack_from("<HH", p, 1)
@@ -136,34 +139,34 @@ class ResponseTracker:
             self.status_known = True
             if status & Status.CURSOR_EXISTS and self.command == Command.STMT_EXECUTE:
                 self.cursor_open = True
-                return DONE, None
+                return _DONE
             self.state = _ROWS
-            return MORE, None
+            return _MORE
         if state == _SINGLE:
             if first == OK_HEADER:
                 return self._ok(p, length)
             if first == ERR_HEADER:
-                return self._err(p), None
+                return (self._err(p), None)
             if first == 0xFE and length < 9:
-                return self._eof(p), None
-            return DONE, None  # COM_STATISTICS: a plain string
+                return (self._eof(p), None)
+            return _DONE  # COM_STATISTICS: a plain string
         if state == _FIELD_LIST:
             if first == 0xFE and length < 9:
-                return self._eof(p), None
+                return (self._eof(p), None)
             if first == ERR_HEADER:
-                return self._err(p), None
-            return MORE, None
+                return (self._err(p), None)
+            return _MORE
         if state == _PREPARE_PARAMS or state == _PREPARE_COLUMNS:
             if self._columns_left:
                 self._columns_left -= 1
-                return MORE, None
+                return _MORE
             if first != 0xFE:
                 raise ProtocolError("missing EOF after prepared statement metadata")
             if state == _PREPARE_PARAMS and self._columns_after:
                 self._columns_left = self._columns_after
                 self.state = _PREPARE_COLUMNS
-                return MORE, None
-            return DONE, None
+                return _MORE
+            return _DONE
         raise ProtocolError(f"response tracker in unknown state {state}")  # pragma: no cover
 
     def _ok(self, p: memoryview, length: int) -> tuple[int, bytes | None]:
