@@ -58,11 +58,14 @@ def proc_status_kb(pid: int, key: str = "VmRSS") -> int:
 
 
 @contextmanager
-def private_mariadb(max_connections: int = 500) -> Iterator[MariaDB]:
-    """A throwaway MariaDB in a temp dir under /tmp on a free port, removed on exit."""
+def private_mariadb(max_connections: int = 500, own_session: bool = True) -> Iterator[MariaDB]:
+    """A throwaway MariaDB in a temp dir under /tmp on a free port, removed on exit.
+
+    ``own_session``: see ``Proxy``; the server runs as a service would.
+    """
     # A bigger buffer pool than the tests': the sysbench tables should stay in memory.
     db = MariaDB.launch(prefix="mpp-bench-", parent="/tmp", max_connections=max_connections,
-                        innodb_buffer_pool_size="128M")
+                        innodb_buffer_pool_size="128M", own_session=own_session)
     try:
         yield db
     finally:
@@ -112,12 +115,20 @@ def describe_source(rev: str | None) -> str:
 
 
 class Proxy:
-    """``python -m proxy run -c FILE`` as a subprocess (``src_root``: where ``proxy/`` is imported from)."""
+    """``python -m proxy run -c FILE`` as a subprocess (``src_root``: where ``proxy/`` is imported from).
+
+    ``own_session``: start it in a session of its own (setsid), as it runs in production: a
+    systemd service or a container gets its own cgroup, and the kernel shares the CPU fairly
+    between those groups. With ``kernel.sched_autogroup_enabled`` (the default on most
+    distributions) a session is such a group. In one session with sysbench, the proxy's one
+    thread would compete for the CPU as one of sysbench's 64 threads.
+    """
 
     def __init__(self, backend: MariaDB, user: str, password: str, pool: int = 8, queue_timeout: float = 30,
                  log_level: str = "info", extra: dict[str, Any] | None = None,
-                 src_root: Path = REPO_ROOT) -> None:
+                 src_root: Path = REPO_ROOT, own_session: bool = True) -> None:
         self.src_root = src_root
+        self.own_session = own_session
         self.host = HOST
         self.port = free_port()
         self.base = Path(tempfile.mkdtemp(prefix="mpp-bench-proxy-", dir="/tmp"))
@@ -166,6 +177,7 @@ class Proxy:
                 cwd=self.base,
                 env=env,
                 preexec_fn=die_with_parent(signal.SIGKILL),
+                start_new_session=self.own_session,
             )
         deadline = time.monotonic() + 15
         while True:

@@ -384,6 +384,17 @@ def report_failure(r: SysbenchResult, proxy: Proxy | None) -> None:
             print("     | " + ln)
 
 
+def session_layout(one_session: bool) -> str:
+    """How the processes share the CPU (kernel.sched_autogroup_enabled groups them by session)."""
+    try:
+        autogroup = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        autogroup = False
+    where = ("mariadbd, the proxy and sysbench in one session" if one_session
+             else "mariadbd, the proxy and sysbench each in a session of its own, as separate services")
+    return f"{where}; kernel.sched_autogroup_enabled={'1' if autogroup else '0 (sessions do not matter)'}"
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -412,6 +423,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
                     help="proxy log level (default info)")
     ap.add_argument("--keep-logs", action="store_true", help="keep the proxy log and config (path is printed)")
+    ap.add_argument("--one-session", action="store_true",
+                    help="run MariaDB and the proxy in the benchmark's own session, with sysbench, instead of "
+                         "one session each as separate services would run (see README)")
     args = ap.parse_args(argv)
     if args.threads < 1 or args.time < 1 or args.pool < 1 or args.rounds < 1:
         ap.error("--threads, --rounds, --time and --pool must be positive")
@@ -428,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         sysbench = ensure_sysbench()
         sb_version = subprocess.run([sysbench, "--version"], capture_output=True, text=True).stdout.strip()
         nofile = idle_clients.raise_nofile(max(args.idle_clients, args.threads) + 1024)
-        with proxy_source(args.proxy_rev) as src, private_mariadb(max(500, args.threads * 2 + 50)) as db:
+        with proxy_source(args.proxy_rev) as src, private_mariadb(max(500, args.threads * 2 + 50), own_session=not args.one_session) as db:
             db.make_account(SB_USER, SB_PASSWORD, SB_DB)
             prep = subprocess.run(sysbench_base(sysbench, db.port, args) + ["--threads=4", "prepare"],
                                   stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
@@ -437,10 +451,12 @@ def main(argv: list[str] | None = None) -> int:
             cpus = os.cpu_count()
             print(f"{sb_version}; MariaDB {db.version} on {HOST}:{db.port}; {cpus} CPUs; ulimit -n {nofile}")
             print(f"{describe_source(args.proxy_rev)}; pool max_connections {args.pool}, queue_timeout 30")
+            print(session_layout(args.one_session))
             print(f"oltp_point_select: {args.tables} tables x {args.table_size} rows, {args.threads} threads, "
                   f"{args.rounds} round{'s' if args.rounds != 1 else ''} of direct then proxy, {args.time} s per phase", flush=True)
 
             proxy = Proxy(db, SB_USER, SB_PASSWORD, pool=args.pool, queue_timeout=30, log_level=args.log_level,
+                          own_session=not args.one_session,
                           src_root=src)
             try:
                 proxy.start()

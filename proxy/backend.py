@@ -331,7 +331,7 @@ class BackendLink(asyncio.Protocol):
         sink = self._sink
         assert sink is not None
         if event == DONE:
-            if self._scanner.rest:
+            if self._scanner.held:
                 if chunks:
                     sink.relay_chunks(chunks)
                 self._relay_error(ProtocolError("server sent bytes after the end of a response"))

@@ -322,7 +322,9 @@ class ClientConnection(asyncio.Protocol):
         """The current command is answered; go on with the next."""
         self.busy = False
         self._current = None
-        self.idle_since = time.monotonic()
+        if self.session is not None and self.session.pins:
+            # Only a pinned session's idle time matters (idle_transaction_timeout).
+            self.idle_since = time.monotonic()
         if self._pending:
             self._run_pending()
 
@@ -654,7 +656,7 @@ class ClientConnection(asyncio.Protocol):
             # The server is closing this link; it will not serve another statement.
             self.link = None
             self.pool.discard(link)
-        elif session.pinned:
+        elif session.pins:
             link.set_held()
         else:
             self.link = None

@@ -52,7 +52,7 @@ class PoolTimeout(Exception):
         self.message = message
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Waiter:
     key: bool
     callback: LeaseCallback
@@ -240,7 +240,7 @@ class Pool:
         waiter.done = True
         stats = self.stats
         stats.leases += 1
-        stats.total_wait += self.loop.time() - waiter.since
+        stats.total_wait += (self._loop or self.loop).time() - waiter.since
         link.in_pool = False
         link.leased_by = None
         if link.reading_paused:

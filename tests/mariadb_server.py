@@ -137,6 +137,9 @@ class MariaDB:
     log_path: Path
     max_connections: int = 500
     innodb_buffer_pool_size: str = "64M"
+    # Start mariadbd in a session of its own, as a service would run (the benchmarks want this:
+    # with kernel.sched_autogroup_enabled the CPU is shared fairly between sessions, not threads).
+    own_session: bool = False
     proc: subprocess.Popen[bytes] | None = None
 
     # -- creation -------------------------------------------------------------------
@@ -271,6 +274,7 @@ class MariaDB:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 preexec_fn=die_with_parent(signal.SIGTERM),
+                start_new_session=self.own_session,
             )
         finally:
             out.close()

@@ -138,14 +138,14 @@ class PacketScanner:
 
     inspect: Inspector
     verdict: int = 0  # the last feed's stopping verdict; 0 when it did not stop
-    _hold: bytearray = field(default_factory=bytearray)  # a partial packet head
+    held: bytearray = field(default_factory=bytearray)  # not yet forwarded: a partial packet, or what follows a stop
     _skip: int = 0  # body bytes of a long packet still to pass through
     _continuing: bool = False  # the last packet was 0xFFFFFF long
     _deferred: int = 0  # a verdict on a long packet, given when its body has passed
 
     def reset(self) -> None:
-        if self._hold:
-            self._hold = bytearray()
+        if self.held:
+            self.held = bytearray()
         self._skip = 0
         self._continuing = False
         self._deferred = 0
@@ -154,14 +154,14 @@ class PacketScanner:
     @property
     def rest(self) -> bytes:
         """Bytes held back after a stop (belong to whatever comes next)."""
-        return bytes(self._hold)
+        return bytes(self.held)
 
     def feed(self, data: bytes | bytearray) -> list[bytes | memoryview]:
         # The relay's hot path: one pass, locals only, one inspector call per packet.
-        if self._hold:
-            self._hold += data
-            data = self._hold
-            self._hold = bytearray()
+        if self.held:
+            self.held += data
+            data = self.held
+            self.held = bytearray()
         inspect = self.inspect
         verdict = 0
         out: list[bytes | memoryview] = []
@@ -215,7 +215,8 @@ class PacketScanner:
         self._skip = skip
         self.verdict = verdict
         if pos > sent:
-            out.append(view[sent:pos])
+            # All of it unchanged (a whole response in one read, the usual case): the bytes themselves.
+            out.append(data if sent == 0 and pos == end and type(data) is bytes else view[sent:pos])
         if pos < end:
-            self._hold = bytearray(view[pos:end])
+            self.held = bytearray(view[pos:end])
         return out
