@@ -370,7 +370,7 @@ class ClientConnection(asyncio.Protocol):
         if link is None:
             self._lease()
         else:
-            self._leased(link)
+            self._leased(link, own_diagnostics=True)
 
     def _answered_here(self, seq: int, cmd: int, payload: bytes) -> bool:
         """Commands other than COM_QUERY: True when the proxy answered (or dropped) it itself."""
@@ -427,14 +427,17 @@ class ClientConnection(asyncio.Protocol):
             return
         self._leased(link)
 
-    def _leased(self, link: BackendLink) -> None:
+    def _leased(self, link: BackendLink, own_diagnostics: bool = False) -> None:
+        """``own_diagnostics``: the link is the one the session's last statement ran on, untouched since."""
         self.link = link
         link.leased_by = self.proxy_id
         self._fresh_link = True
         # The link must first be brought to the session's state, and must not answer
-        # a follow-up question with another session's warnings.
-        if link.state != self.session.state or (self._follow_up and link.diagnostics_dirty):  # type: ignore[union-attr]
-            self.server.spawn(self._replay_and_send(link))
+        # a follow-up question with another session's warnings (but must with the session's own:
+        # clearing them would also reset FOUND_ROWS() and ROW_COUNT()).
+        clear = self._follow_up and link.diagnostics_dirty and not own_diagnostics
+        if clear or link.state != self.session.state:  # type: ignore[union-attr]
+            self.server.spawn(self._replay_and_send(link, clear))
         else:
             self._send(link)
 
@@ -540,17 +543,19 @@ class ClientConnection(asyncio.Protocol):
             return False
         return True
 
-    async def _replay_and_send(self, link: BackendLink) -> None:
+    async def _replay_and_send(self, link: BackendLink, clear_diagnostics: bool) -> None:
         """Bring the link to the session's state (one pipelined round trip), then send."""
         assert self.session is not None
         commands = replay_commands(self.session.state, link.state)
-        if self._follow_up and link.diagnostics_dirty:
+        if clear_diagnostics:
             # Another session's warnings must not answer this session's SHOW WARNINGS.
             commands.append((Command.QUERY, CLEAR_DIAGNOSTICS))
         try:
             if commands:
                 link.set_held()
                 await link.exchange(commands)
+            if clear_diagnostics:
+                link.diagnostics_dirty = False
             mark_replayed(self.session.state, link.state)
         except ServerError as e:
             # Part of the state may be applied: the link's state is unknown now.

@@ -219,3 +219,26 @@ def test_change_user_wrong_password_is_refused(shared):
     with good.cursor() as cur:
         cur.execute("SELECT CURRENT_USER(), DATABASE()")
         assert cur.fetchone() == (f"{APP_USER}@%", APP_DB)
+
+
+def test_follow_up_on_its_own_untouched_link_keeps_found_rows_and_row_count(mariadb, proxy_factory):
+    """A link that once carried warnings is cleaned before another session's follow-up question,
+    but not before the question of the session whose statement it just ran: the cleaning statement
+    would reset FOUND_ROWS() and ROW_COUNT() (seen as FOUND_ROWS() = 1 instead of 4)."""
+    p = proxy_factory({"pool": {"max_connections": 1}})
+    mariadb.sql(f"CREATE TABLE IF NOT EXISTS {APP_DB}.fr_own (id INT PRIMARY KEY)")
+    mariadb.sql(f"DELETE FROM {APP_DB}.fr_own")
+    mariadb.sql(f"INSERT INTO {APP_DB}.fr_own VALUES (1), (2), (3), (4), (5)")
+    conn = p.connect()
+    with conn.cursor() as cur:
+        cur.execute("SELECT CAST('x' AS SIGNED)")  # a warning: the only link is now marked dirty
+        cur.execute("SELECT 1")
+        assert cur.execute("SELECT id FROM fr_own WHERE id > 1") == 4
+        cur.execute("SELECT FOUND_ROWS()")
+        assert cur.fetchone() == (4,)
+        cur.execute("SELECT CAST('y' AS SIGNED)")
+        cur.execute("SELECT 1")
+        assert cur.execute("UPDATE fr_own SET id = id + 10 WHERE id > 2") == 3
+        cur.execute("SELECT ROW_COUNT()")
+        assert cur.fetchone() == (3,)
+    conn.close()
