@@ -223,9 +223,6 @@ class BackendLink(asyncio.Protocol):
 
     def set_idle(self) -> None:
         """The link went back to the pool: from now any byte from the server means it died."""
-        # A slow client may have paused it after the response's last bytes: the next
-        # user must not find it deaf.
-        self.resume_reading()
         self._mode = _IDLE
         self.leased_by = None
         self.last_used = time.monotonic()

@@ -243,8 +243,6 @@ class Pool:
         stats.total_wait += (self._loop or self.loop).time() - waiter.since
         link.in_pool = False
         link.leased_by = None
-        if link.reading_paused:
-            link.resume_reading()  # a slow client paused it: the next user must not find it deaf
         waiter.callback(link, None)
         return True
 
@@ -364,6 +362,10 @@ class Pool:
         if len(self.links) + self.opening > self.effective_cap or (self.cfg.max_lifetime and self._retire_due(link)):
             self._drop(link)
             return
+        if link.reading_paused:
+            # A slow client paused it after the response's last bytes: whoever has it
+            # next (a waiter, or the idle list watching for the server closing it) needs it reading.
+            link.resume_reading()
         # Straight to the next waiter when there is one: no idle bookkeeping in between.
         if self.waiters and self._hand_over(link):
             return
