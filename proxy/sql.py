@@ -46,10 +46,16 @@ class Classified:
     kill_query_only: bool = False
 
 
-# One scan finds whether anything is worth a closer look.
+# One scan finds whether anything is worth a closer look: a necessary condition for every
+# rule below (tests/test_sql_session.py checks that it never hides one). Each word is
+# found through one of its rarer letters (k, p, w, x, h, _, g, c, @), then look-arounds
+# check the rest: a pattern whose branches all start with a literal lets the regex engine
+# skip ahead to those letters in C instead of trying every word at every position
+# (3 to 4 times faster; the query text is scanned for every COM_QUERY).
 _TRIGGER = re.compile(
-    rb"lock|prepare|deallocate|found_rows|\bxa\b|handler|kill|connection_id|row_count|warning|"
-    rb"error|diagnostics|transaction|@|temporary|local|insert_id",
+    rb"@|k(?<=lock)|k(?=ill)|p(?=repare)|p(?<=temp)(?=orary)|w(?<=show)|w(?<=found_row)|x(?=a\b)"
+    rb"|h(?=andler)|_(?<=connection_)(?=id)|_(?<=row_)(?=count)|_(?<=insert_)(?=id)"
+    rb"|g(?<=diag)(?=nostics)|c(?<=transac)(?=tion)|c(?<=loc)(?=al)"
 )
 # Statement-leading keywords: at the start, after a ';', or after leading comments.
 _LEAD = rb"(?:^|;)\s*(?:(?:/\*.*?\*/|--\s[^\n]*(?:\n|$)|#[^\n]*(?:\n|$))\s*)*"
@@ -96,6 +102,11 @@ def classify(sql: bytes) -> Classified | None:
     sql = sql[:CLASSIFY_LIMIT].lower()
     if not _TRIGGER.search(sql):
         return None
+    return _classify_lowered(sql)
+
+
+def _classify_lowered(sql: bytes) -> Classified | None:
+    """Every rule, without the trigger's shortcut."""
     out = Classified()
     for kind, rule in _RULES:
         if rule.search(sql):

@@ -15,6 +15,8 @@ from typing import Any
 
 import pymysql
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from conftest import APP_DB, APP_PASSWORD, APP_USER, MariaDB
 
 from proxy.backend import CHARSET_FACTS, charset_values, open_link
@@ -33,7 +35,7 @@ from proxy.session import (
     mark_replayed,
     replay_commands,
 )
-from proxy.sql import Kind, classify, rewrite_connection_id
+from proxy.sql import Kind, _classify_lowered, classify, rewrite_connection_id
 
 # --------------------------------------------------------------------------- classify
 
@@ -141,6 +143,39 @@ def test_classify_kill(sql: bytes, kill_id: int, query_only: bool) -> None:
 def test_classify_lock_tables_after_line_comment(sql: bytes) -> None:
     c = classify(sql)
     assert c is not None and K.LOCK_TABLES in c.kind
+
+
+# Phrases that each match a rule, and noise, glued together at random: the one-scan
+# trigger in classify() must never hide a match of the rules behind it.
+_PHRASES = [
+    "lock tables t write", "lock table t read", "flush tables with read lock", "flush tables a, b with read lock",
+    "unlock tables", "select get_lock('a', 1)", "select release_lock('a')", "select release_all_locks()",
+    "select sql_calc_found_rows * from t", "select found_rows()", "select row_count()", "show warnings",
+    "show errors", "show count(*) warnings", "select @@warning_count", "select @@session.error_count",
+    "get diagnostics @n = number", "get current diagnostics", "xa start 'x'", "xa begin 'x'", "xa commit 'x'",
+    "xa rollback 'x'", "handler t open", "select connection_id()", "set transaction read only", "set @u = 1",
+    "select 1 into @x", "select @a := 1", "call p(@v)", "create temporary table tmp (a int)",
+    "create or replace temporary table tmp (a int)", "select last_insert_id(5)", "load data local infile 'f' into table t",
+    "load xml concurrent local infile 'f' into table t", "prepare s from 'select 1'", "deallocate prepare s",
+    "drop prepare s", "kill 42", "kill query 42", "kill hard connection 7",
+]
+_NOISE = ["select a_b from t", "where id = 5", "/* c */", "-- c\n", "# c\n", "`x`", "'s'", "(", ")", "_", "x"]
+
+
+@pytest.mark.parametrize("phrase", _PHRASES)
+def test_classify_phrase_passes_the_trigger(phrase: str) -> None:
+    sql = phrase.encode()
+    assert _classify_lowered(sql) is not None  # the phrase does match a rule
+    assert classify(sql) == _classify_lowered(sql)
+    assert classify(sql.upper()) == _classify_lowered(sql)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_PHRASES + _NOISE), st.sampled_from([" ", "\n", "; ", ";"])), max_size=6))
+def test_classify_trigger_never_hides_a_rule(parts: list[tuple[str, str]]) -> None:
+    sql = "".join(word + sep for word, sep in parts).encode()
+    for text in (sql, sql.upper()):
+        assert classify(text) == _classify_lowered(text.lower())
 
 
 # --------------------------------------------------------------------------- rewrite_connection_id
