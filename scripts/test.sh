@@ -51,10 +51,13 @@ else
     say "MariaDB binaries present; no system packages to install"
 fi
 
-# An interpreter new enough for the project (requires-python >= 3.11).
+# An interpreter new enough for the project (requires-python >= 3.11). The distribution's own
+# comes first: Debian and Ubuntu build CPython with profile-guided and link-time optimization,
+# while a pyenv or source build without --enable-optimizations --with-lto runs the proxy's hot
+# path about 15% slower (bench/README.md). $PYTHON overrides the choice.
 pick_python() {
     local py
-    for py in "${PYTHON:-}" python3 python3.13 python3.12 python3.11; do
+    for py in "${PYTHON:-}" /usr/bin/python3 python3 python3.13 python3.12 python3.11; do
         [ -n "$py" ] || continue
         if command -v "$py" >/dev/null 2>&1 &&
             "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then
