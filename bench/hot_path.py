@@ -125,8 +125,15 @@ async def run(clients: int, pool_size: int, queries: int, ps: bool, profile: boo
             await answer_links(links, prepare_answer)
         for c, t in conns:
             t.written.clear()
-        request = frame(bytes((Command.STMT_EXECUTE,)) + (1).to_bytes(4, "little") + b"\x00\x01\x00\x00\x00\x00\x01\x03\x00"
-                        + (1234).to_bytes(4, "little"), 0)
+        # As libmysqlclient does: parameter types with a client's first execute, then only values.
+        head = bytes((Command.STMT_EXECUTE,)) + (1).to_bytes(4, "little") + b"\x00\x01\x00\x00\x00\x00"
+        first_request = frame(head + b"\x01\x03\x00" + (1234).to_bytes(4, "little"), 0)
+        request = frame(head + b"\x00" + (1234).to_bytes(4, "little"), 0)
+        for c, _t in conns:
+            c.data_received(first_request)
+            await answer_links(links, prepare_answer, binary_response(1))
+        for c, t in conns:
+            t.written.clear()
         response = binary_response(1)
     else:
         prepare_answer = b""
@@ -167,13 +174,15 @@ async def run(clients: int, pool_size: int, queries: int, ps: bool, profile: boo
     return min(per_query)  # the least disturbed of the runs
 
 
-async def answer_links(links: list[tuple[BackendLink, MemoryTransport]], answer: bytes) -> None:
+async def answer_links(links: list[tuple[BackendLink, MemoryTransport]], answer: bytes, other: bytes = b"") -> None:
+    """Answer what the links were sent: COM_STMT_PREPARE with ``answer``, anything else with ``other``."""
     for _ in range(20):
         await asyncio.sleep(0)
         for link, t in links:
             if t.written:
+                sent = t.written[0]
                 t.written.clear()
-                link.data_received(answer)
+                link.data_received(answer if sent[4] == Command.STMT_PREPARE or not other else other)
 
 
 def main() -> None:

@@ -96,6 +96,15 @@ class Reply:
         return out
 
 
+@dataclass(slots=True)
+class ServerStatement:
+    """A binary statement prepared on one link."""
+
+    id: int  # the server's statement id
+    num_params: int
+    bound_types: bytes | None = None  # parameter types of its last execute (None: unknown)
+
+
 @dataclass
 class LinkFacts:
     server_version: str = ""
@@ -121,8 +130,8 @@ class BackendLink(asyncio.Protocol):
         # The last statement on the link left warnings or an error (SHOW WARNINGS would show them).
         self.diagnostics_dirty = False
         self.tracker = ResponseTracker()
-        # Binary statements prepared on this link: SQL -> (server id, parameter count).
-        self.prepared: dict[bytes, tuple[int, int]] = {}
+        # Binary statements prepared on this link, by SQL.
+        self.prepared: dict[bytes, ServerStatement] = {}
         self.transport: asyncio.Transport | None = None
         self._on_idle_death = on_idle_death
         self._mode = _EXCHANGE
@@ -311,13 +320,17 @@ class BackendLink(asyncio.Protocol):
     def remember_statement(self, sql: bytes, server_id: int, num_params: int) -> None:
         """Cache a prepared statement; close the one it replaces and the oldest past the limit."""
         old = self.prepared.pop(sql, None)
-        if old is not None and old[0] != server_id:
-            self.write_packet(bytes((Command.STMT_CLOSE,)) + old[0].to_bytes(4, "little"), 0)
-        self.prepared[sql] = (server_id, num_params)
+        if old is not None and old.id != server_id:
+            self.write_packet(bytes((Command.STMT_CLOSE,)) + old.id.to_bytes(4, "little"), 0)
+        self.prepared[sql] = ServerStatement(server_id, num_params)
         if len(self.prepared) > STATEMENT_CACHE:
-            oldest = next(iter(self.prepared))
-            sid, _ = self.prepared.pop(oldest)
-            self.write_packet(bytes((Command.STMT_CLOSE,)) + sid.to_bytes(4, "little"), 0)
+            oldest = self.prepared.pop(next(iter(self.prepared)))
+            self.write_packet(bytes((Command.STMT_CLOSE,)) + oldest.id.to_bytes(4, "little"), 0)
+
+    def forget_bound_types(self) -> None:
+        """After a failed execute or a reset, send parameter types again (never trust a guess)."""
+        for statement in self.prepared.values():
+            statement.bound_types = None
 
     def continue_relay(self, data: bytes) -> None:
         """Pass bytes from the client through unchanged (LOCAL INFILE contents)."""

@@ -475,9 +475,13 @@ class ClientConnection(asyncio.Protocol):
                 self.server.spawn(self._prepare_and_send(link, ps))
                 return
             if cmd == Command.STMT_EXECUTE:
-                payload, ps.param_types = bind_execute(payload, prepared[0], ps.num_params, ps.param_types)
+                payload, ps.param_types = bind_execute(payload, prepared.id, ps.num_params, ps.param_types,
+                                                       prepared.bound_types)
+                prepared.bound_types = ps.param_types
             else:
-                payload = with_statement_id(payload, prepared[0])
+                if cmd == Command.STMT_RESET:
+                    link.forget_bound_types()
+                payload = with_statement_id(payload, prepared.id)
             if cmd == Command.STMT_SEND_LONG_DATA:
                 # No answer comes; the link stays with the session until the execute.
                 link.write_packet(payload, seq)
@@ -525,7 +529,7 @@ class ClientConnection(asyncio.Protocol):
                 # Closing the statement closes its cursor: the server copy goes too.
                 prepared = self.link.prepared.pop(ps.sql, None)
                 if prepared is not None:
-                    self.link.write_packet(with_statement_id(payload, prepared[0]), seq)
+                    self.link.write_packet(with_statement_id(payload, prepared.id), seq)
                 session.unpin(PIN_CURSOR)
                 if self.link is not None:
                     self._give_back(self.link)
@@ -622,6 +626,8 @@ class ClientConnection(asyncio.Protocol):
             link.remember_statement(sql, tr.prepare.statement_id, tr.prepare.num_params)
         elif session.pins and (cmd == Command.STMT_EXECUTE or cmd == Command.STMT_RESET):
             session.unpin(PIN_LONG_DATA)
+        if tr.error_code and cmd == Command.STMT_EXECUTE:
+            link.forget_bound_types()
         if read_back:
             self.relay_chunks(chunks)
             link.set_held()

@@ -51,6 +51,7 @@ from proxy.mysql.messages import (
     strip_session_track,
 )
 from proxy.mysql.packets import PacketReader, ProtocolError, frame
+from proxy.mysql.stmt import bind_execute
 
 FAST = settings(max_examples=200, deadline=None)
 
@@ -594,3 +595,42 @@ def test_ok_err_state_garbage_is_protocol_error(data: bytes) -> None:
             parse(data)
         except ProtocolError:
             pass
+
+
+# --------------------------------------------------------------------------- COM_STMT_EXECUTE binding
+
+def _execute(client_id: int, bound: bool, types: bytes, values: bytes) -> bytes:
+    """COM_STMT_EXECUTE of a one-parameter statement: id, no cursor, 1 iteration, null bitmap 0."""
+    head = bytes((0x17,)) + client_id.to_bytes(4, "little") + b"\x00" + (1).to_bytes(4, "little") + b"\x00"
+    return head + (b"\x01" + types if bound else b"\x00") + values
+
+
+LONGLONG, VAR_STRING = b"\x08\x00", b"\xfd\x00"
+
+
+def test_bind_execute_keeps_the_clients_types_and_swaps_the_id() -> None:
+    payload, types = bind_execute(_execute(7, True, LONGLONG, b"\x2a" + b"\x00" * 7), 99, 1, None, None)
+    assert payload == _execute(99, True, LONGLONG, b"\x2a" + b"\x00" * 7)
+    assert types == LONGLONG
+
+
+def test_bind_execute_adds_types_the_server_statement_lacks() -> None:
+    unbound = _execute(7, False, b"", b"\x01x")
+    # Never executed on this link, or last bound there by a client with other types: send them.
+    for server_types in (None, LONGLONG):
+        payload, types = bind_execute(unbound, 99, 1, VAR_STRING, server_types)
+        assert payload == _execute(99, True, VAR_STRING, b"\x01x")
+        assert types == VAR_STRING
+
+
+def test_bind_execute_leaves_types_out_when_the_server_has_them() -> None:
+    payload, types = bind_execute(_execute(7, False, b"", b"\x01x"), 99, 1, VAR_STRING, VAR_STRING)
+    assert payload == _execute(99, False, b"", b"\x01x")
+    assert types == VAR_STRING
+
+
+def test_bind_execute_refuses_a_statement_never_bound() -> None:
+    with pytest.raises(ProtocolError):
+        bind_execute(_execute(7, False, b"", b"\x01x"), 99, 1, None, None)
+    with pytest.raises(ProtocolError):
+        bind_execute(_execute(7, True, b"\x08", b""), 99, 1, None, None)  # types cut short

@@ -464,9 +464,12 @@ def stmt_prepare(conn, sql: str) -> tuple[int, int]:
     return stmt_id, ncols
 
 
-def stmt_execute_strings(conn, stmt_id: int) -> list[list[bytes | None]]:
-    """Execute a statement without parameters whose columns are all strings; binary rows."""
-    conn._execute_command(COM_STMT_EXECUTE, struct.pack("<IBI", stmt_id, 0, 1))
+def stmt_execute_strings(conn, stmt_id: int, params: bytes = b"") -> list[list[bytes | None]]:
+    """Execute a statement whose columns are all strings; binary rows.
+
+    ``params``: the raw parameter block (null bitmap, new-params-bound flag, types, values).
+    """
+    conn._execute_command(COM_STMT_EXECUTE, struct.pack("<IBI", stmt_id, 0, 1) + params)
     data = conn._read_packet().get_all_data()
     ncols, _ = _read_lenenc(data, 0)
     for _ in range(ncols):
@@ -518,6 +521,44 @@ def test_binary_prepared_statements_survive_multiplexing(mariadb, proxy_factory)
     with pytest.raises(pymysql.MySQLError) as ei:
         stmt_execute_strings(a, sid)
     assert ei.value.args[0] == 1243  # unknown prepared statement handler, as the server says
+    assert backend_thread(a) == backend_thread(b)
+
+
+def _one_param(types: bytes | None, value: bytes) -> bytes:
+    """Parameter block of a one-parameter execute: types None = "bound before, not sent again"."""
+    return b"\x00" + (b"\x00" if types is None else b"\x01" + types) + value
+
+
+def test_statement_bound_with_other_types_by_another_client(mariadb, proxy_factory) -> None:
+    """Pool of 1: two clients bind one statement with different types; each execute sends none.
+
+    Both land on the same server statement. The proxy must give the server the right
+    types whenever the other client's were the last ones bound, or the value is misread.
+    """
+    p = proxy_factory({"pool": {"max_connections": 1, "queue_timeout": 2}})
+    a, b = p.connect(), p.connect()
+    sql = "SELECT CAST(? AS CHAR)"
+    sid_a, _ = stmt_prepare(a, sql)
+    sid_b, _ = stmt_prepare(b, sql)
+    longlong, var_string = b"\x08\x00", b"\xfd\x00"
+
+    def number(n: int) -> bytes:
+        return n.to_bytes(8, "little", signed=True)
+
+    def text(t: str) -> bytes:
+        return bytes((len(t),)) + t.encode()
+
+    assert stmt_execute_strings(a, sid_a, _one_param(longlong, number(42))) == [[b"42"]]
+    assert stmt_execute_strings(b, sid_b, _one_param(var_string, text("hello"))) == [[b"hello"]]
+    for i in range(3):
+        assert stmt_execute_strings(a, sid_a, _one_param(None, number(-7 - i))) == [[str(-7 - i).encode()]]
+        assert stmt_execute_strings(a, sid_a, _one_param(None, number(1000 + i))) == [[str(1000 + i).encode()]]
+        assert stmt_execute_strings(b, sid_b, _one_param(None, text(f"x{i}"))) == [[f"x{i}".encode()]]
+    # A failed execute leaves nothing assumed: the next one still binds right.
+    with pytest.raises(pymysql.MySQLError):
+        stmt_execute_strings(a, sid_a, b"\x00\x00")  # value missing: the server refuses the packet
+    assert stmt_execute_strings(a, sid_a, _one_param(None, number(5))) == [[b"5"]]
+    assert stmt_execute_strings(b, sid_b, _one_param(None, text("end"))) == [[b"end"]]
     assert backend_thread(a) == backend_thread(b)
 
 

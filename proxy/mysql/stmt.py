@@ -1,9 +1,9 @@
 """Binary prepared-statement payloads: statement ids and parameter types.
 
 Clients see statement ids the proxy gives them; each link has its own server
-ids. These functions rewrite the id in a COM_STMT_* payload and make every
-COM_STMT_EXECUTE carry its parameter types, because the server statement it
-lands on may have been bound by someone else (or never).
+ids. These functions rewrite the id in a COM_STMT_* payload and make a
+COM_STMT_EXECUTE carry its parameter types whenever the server statement it
+lands on was last bound with other types (by another client) or never.
 """
 
 from __future__ import annotations
@@ -32,28 +32,32 @@ def prepare_ok_with_id(payload: bytes | memoryview, new_id: int) -> bytes:
     return bytes(payload[:1]) + struct.pack("<I", new_id) + bytes(payload[5:])
 
 
-def bind_execute(payload: bytes, server_id: int, num_params: int, known_types: bytes | None) -> tuple[bytes, bytes | None]:
-    """Rewrite a COM_STMT_EXECUTE for ``server_id``, always sending parameter types.
+def bind_execute(payload: bytes, server_id: int, num_params: int, known_types: bytes | None,
+                 server_types: bytes | None) -> tuple[bytes, bytes | None]:
+    """Rewrite a COM_STMT_EXECUTE for ``server_id``.
 
-    Returns the new payload and the types now known for the statement.
+    ``known_types``: the parameter types the client last bound for the statement;
+    ``server_types``: the ones the server statement was last executed with (None:
+    unknown). Types the client leaves out are added unless the server already has
+    them. Returns the new payload and the types the statement is now bound with.
     """
     if len(payload) < _EXECUTE_HEAD:
         raise ProtocolError("truncated COM_STMT_EXECUTE")
-    head = payload[:1] + struct.pack("<I", server_id) + payload[5:_EXECUTE_HEAD]
     if num_params == 0:
-        return head + payload[_EXECUTE_HEAD:], known_types
+        return with_statement_id(payload, server_id), known_types
     bitmap_end = _EXECUTE_HEAD + (num_params + 7) // 8
     if len(payload) < bitmap_end + 1:
         raise ProtocolError("truncated COM_STMT_EXECUTE parameters")
-    bitmap = payload[_EXECUTE_HEAD:bitmap_end]
-    bound = payload[bitmap_end]
     rest = bitmap_end + 1
-    if bound:
+    if payload[bitmap_end]:
         types_end = rest + 2 * num_params
         if len(payload) < types_end:
             raise ProtocolError("truncated COM_STMT_EXECUTE parameter types")
-        types = payload[rest:types_end]
-        return head + bitmap + b"\x01" + types + payload[types_end:], types
+        return with_statement_id(payload, server_id), payload[rest:types_end]
     if known_types is None:
         raise ProtocolError("COM_STMT_EXECUTE without parameter types for a statement never bound")
-    return head + bitmap + b"\x01" + known_types + payload[rest:], known_types
+    if known_types == server_types:
+        # The usual case once every link has run the statement: the server re-binds nothing.
+        return with_statement_id(payload, server_id), known_types
+    head = payload[:1] + struct.pack("<I", server_id) + payload[5:bitmap_end]
+    return head + b"\x01" + known_types + payload[rest:], known_types
