@@ -24,6 +24,7 @@ from proxy.mysql.packets import (
     HEADER_SIZE,
     INSPECT_PREFIX,
     MAX_PAYLOAD,
+    SKIM,
     SMALL_PACKET,
     PacketReader,
     PacketScanner,
@@ -92,7 +93,7 @@ class Recorder:
         self.seen: list[tuple[int, bytes]] = []
         self.replace = replace
 
-    def __call__(self, length: int, payload: memoryview) -> tuple[int, bytes | None]:
+    def __call__(self, length: int, payload: memoryview, skimmed: int = 0) -> tuple[int, bytes | None]:
         # Copy now: the view points into the scanner's buffer.
         self.seen.append((length, bytes(payload)))
         if self.replace and length <= packets.SMALL_PACKET:
@@ -317,7 +318,7 @@ def test_scanner_exact_multiple_hides_the_empty_continuation_but_not_an_empty_pa
 def test_scanner_replacement_is_reframed_with_the_same_seq() -> None:
     stream = frame(b"\x01", 1) + frame(b"\x00\x00\x00\x02@\x00\x00", 7) + frame(b"tail", 8)
 
-    def inspect(length: int, p: memoryview) -> tuple[int, bytes | None]:
+    def inspect(length: int, p: memoryview, skimmed: int = 0) -> tuple[int, bytes | None]:
         return 0, (b"\x00\x00\x00\x02\x00\x00\x00" if bytes(p[4:5]) == b"@" else None)
 
     for chunks in ([stream], cut(stream, [5, 7, 10, 14]), [stream[i : i + 1] for i in range(len(stream))]):
@@ -330,7 +331,7 @@ def test_scanner_stop_returns_at_the_packet_end_and_keeps_the_rest() -> None:
     stream = p1 + p2 + p3 + b"\x05\x00"  # plus the start of something else
     shown: list[int] = []
 
-    def inspect(length: int, p: memoryview) -> tuple[int, None]:
+    def inspect(length: int, p: memoryview, skimmed: int = 0) -> tuple[int, None]:
         shown.append(length)
         return (7 if length == 2 else 0), None
 
@@ -351,7 +352,7 @@ def test_scanner_stop_on_a_long_packet_waits_for_its_body() -> None:
     big = pattern(SMALL_PACKET * 2, salt=3)
     stream = frame(b"a", 1) + frame(big, 2) + b"\x09"  # plus the start of something else
 
-    def inspect(length: int, p: memoryview) -> tuple[int, None]:
+    def inspect(length: int, p: memoryview, skimmed: int = 0) -> tuple[int, None]:
         return (1 if length == len(big) else 0), None
 
     s = PacketScanner(inspect)
@@ -458,7 +459,7 @@ def test_scanner_stop_then_resume_loses_and_repeats_nothing(payloads: list[bytes
     stop_at = {i for i in range(len(payloads)) if rnd.random() < 0.5}
     shown: list[int] = []
 
-    def inspect(length: int, p: memoryview) -> tuple[int, None]:
+    def inspect(length: int, p: memoryview, skimmed: int = 0) -> tuple[int, None]:
         seq = p[0]
         shown.append(seq)
         return (1 if seq in stop_at else 0), None
@@ -470,3 +471,77 @@ def test_scanner_stop_then_resume_loses_and_repeats_nothing(payloads: list[bytes
     assert out == stream
     assert shown == list(range(len(payloads)))
     assert s.rest == b""
+
+
+# --------------------------------------------------------------------------- skimming
+
+
+def test_scanner_skim_counts_rows_and_shows_eof() -> None:
+    """After SKIM only packets starting with 0xFE / 0xFF are shown, with the count skimmed before them."""
+    shown: list[tuple[bytes, int]] = []
+
+    def inspect(length: int, p: memoryview, skimmed: int = 0) -> tuple[int, None]:
+        shown.append((bytes(p), skimmed))
+        return (1 if p[0] == 0xFF else SKIM), None
+
+    rows = [b"\x01a", b"\x03def", b"\x00", b"\xfb"]
+    stream = b"".join(frame(p, i) for i, p in enumerate([b"\x02", *rows, b"\xfe\x00\x00\x02\x00", b"\x01b", b"\xff\x10\x00"]))
+    s = PacketScanner(inspect)
+    for size in (len(stream), 1):
+        shown.clear()
+        s.reset()
+        out = scan_all(s, cut(stream, list(range(size, len(stream), size))))
+        assert out == stream
+        assert shown == [(b"\x02", 0), (b"\xfe\x00\x00\x02\x00", 4), (b"\xff\x10\x00", 1)]
+        assert s.verdict == 1
+
+
+def test_scanner_skim_ends_with_the_next_packet_shown() -> None:
+    """Skimming lasts until a packet is shown; a verdict other than SKIM there shows everything again."""
+    shown: list[bytes] = []
+
+    def inspect(length: int, p: memoryview, skimmed: int = 0) -> tuple[int, None]:
+        shown.append(bytes(p))
+        return (SKIM if p[0] == 0x02 else 0), None
+
+    payloads = [b"\x02", b"\x01", b"\xfe\x00\x00\x0a\x00", b"\x01", b"\x03"]
+    assert scan_all(PacketScanner(inspect), [b"".join(frame(p, 1) for p in payloads)])
+    assert shown == [b"\x02", b"\xfe\x00\x00\x0a\x00", b"\x01", b"\x03"]
+
+
+def _check_skimming(logical: list[tuple[int, bytes]], cuts: list[int]) -> None:
+    stream = b"".join(frame(p, seq) for seq, p in logical)
+    shown: list[tuple[bytes, int]] = []
+
+    def inspect(length: int, p: memoryview, skimmed: int = 0) -> tuple[int, None]:
+        shown.append((bytes(p), skimmed))
+        return SKIM, None
+
+    s = PacketScanner(inspect)
+    assert scan_all(s, cut(stream, cuts)) == stream
+    # The first packet is always shown; after it, those that are empty or start with 0xFE / 0xFF.
+    heads = expected_shown(logical)
+    want, skimmed = [], 0
+    for i, (_length, head) in enumerate(heads):
+        if i and head and head[0] < 0xFE:
+            skimmed += 1
+        else:
+            want.append((head, skimmed))
+            skimmed = 0
+    assert shown == want
+    assert s._skimmed == skimmed
+
+
+@st.composite
+def skimmed_packets(draw: st.DrawFn, max_size: int, boundaries: Sequence[int]) -> list[tuple[int, bytes]]:
+    """Like logical_packets, with first bytes that are often 0xFE or 0xFF."""
+    logical = draw(logical_packets(max_size, boundaries))
+    firsts = draw(st.lists(st.sampled_from([0x00, 0x03, 0xFB, 0xFE, 0xFF]), min_size=len(logical), max_size=len(logical)))
+    return [(seq, bytes((f,)) + p[1:] if p else p) for (seq, p), f in zip(logical, firsts)]
+
+
+@FAST
+@given(skimmed_packets(650, _boundaries(200, 40, 8)), st.lists(st.integers(0, 3000), max_size=25))
+def test_scanner_skims_across_any_cut_and_split_size(logical: list[tuple[int, bytes]], cuts: list[int]) -> None:
+    with scaled_constants(200, 40, 8):
+        _check_skimming(logical, cuts)

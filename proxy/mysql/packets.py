@@ -118,11 +118,17 @@ class PacketReader:
         return len(self._buf) + self._parts_len
 
 
-# The callback of a scanner: (payload length, payload or its prefix) -> (verdict,
-# replacement). A replacement payload is framed with the packet's own sequence id
-# (None: forward the packet as it is). Verdict 0 goes on; any other value stops the
-# scan at that packet's end (see PacketScanner). ResponseTracker.feed is one.
-Inspector = Callable[[int, memoryview], "tuple[int, bytes | None]"]
+# The callback of a scanner: (payload length, payload or its prefix, packets skimmed
+# since the last one shown) -> (verdict, replacement). A replacement payload is framed
+# with the packet's own sequence id (None: forward the packet as it is). Verdict 0 goes
+# on; SKIM goes on skimming; any other value stops the scan at that packet's end (see
+# PacketScanner). ResponseTracker.feed is one.
+Inspector = Callable[[int, memoryview, int], "tuple[int, bytes | None]"]
+
+# Verdict: go on, and from now show only packets that start with 0xFE or 0xFF (EOF, ERR,
+# or a rare row); count the others. Rows and column definitions never start with those
+# otherwise, so a result set's body passes with no call per packet.
+SKIM = -1
 
 
 @dataclass
@@ -132,8 +138,10 @@ class PacketScanner:
     ``feed`` returns the bytes to forward now. Every packet's head is shown to
     the inspector once: whole when it is small, else its first bytes (enough
     to tell a row from an OK/EOF/ERR). Continuation packets of a split payload
-    are not shown. A non-zero verdict makes feed return at that packet's end,
-    keeps it in ``verdict`` and keeps the rest for the next ``feed(b"")``.
+    are not shown. After a SKIM verdict, packets whose first byte is below 0xFE
+    are only counted, up to the next one shown. Any other non-zero verdict makes
+    feed return at that packet's end, keeps it in ``verdict`` and keeps the rest
+    for the next ``feed(b"")``.
     """
 
     inspect: Inspector
@@ -142,6 +150,8 @@ class PacketScanner:
     _skip: int = 0  # body bytes of a long packet still to pass through
     _continuing: bool = False  # the last packet was 0xFFFFFF long
     _deferred: int = 0  # a verdict on a long packet, given when its body has passed
+    _skim: bool = False  # the inspector asked to see only packets starting with 0xFE / 0xFF
+    _skimmed: int = 0  # packets passed unseen since the last one shown
 
     def reset(self) -> None:
         if self.held:
@@ -149,6 +159,8 @@ class PacketScanner:
         self._skip = 0
         self._continuing = False
         self._deferred = 0
+        self._skim = False
+        self._skimmed = 0
         self.verdict = 0
 
     @property
@@ -170,6 +182,8 @@ class PacketScanner:
         pos = 0
         sent = 0  # view[sent:pos] is scanned and not yet put in out
         skip = self._skip
+        skim = self._skim
+        skimmed = self._skimmed
         while pos < end:
             if skip:
                 n = min(skip, end - pos)
@@ -192,27 +206,41 @@ class PacketScanner:
             if length <= SMALL_PACKET:
                 if end - body < length:
                     break
-                verdict, replacement = inspect(length, view[body : body + length])
+                if skim and length and data[body] < 0xFE:
+                    skimmed += 1
+                    pos = body + length
+                    continue
+                verdict, replacement = inspect(length, view[body : body + length], skimmed)
+                skimmed = 0
                 if replacement is not None:
                     if pos > sent:
                         out.append(view[sent:pos])
                     out.append(frame(replacement, data[pos + 3]))
                     sent = body + length
                 pos = body + length
-                if verdict:
+                skim = verdict == SKIM
+                if verdict and not skim:
                     break
+                verdict = 0
                 continue
             if end - body < INSPECT_PREFIX:
                 break
-            verdict, _ = inspect(length, view[body : body + INSPECT_PREFIX])
             self._continuing = length == MAX_PAYLOAD
             skip = length
             pos = body
-            if verdict:
+            if skim and data[body] < 0xFE:
+                skimmed += 1
+                continue
+            verdict, _ = inspect(length, view[body : body + INSPECT_PREFIX], skimmed)
+            skimmed = 0
+            skim = verdict == SKIM
+            if verdict and not skim:
                 # A long packet ends the response: stop once all of it has passed.
                 self._deferred = verdict
-                verdict = 0
+            verdict = 0
         self._skip = skip
+        self._skim = skim
+        self._skimmed = skimmed
         self.verdict = verdict
         if pos > sent:
             # All of it unchanged (a whole response in one read, the usual case): the bytes themselves.

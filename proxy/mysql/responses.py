@@ -15,13 +15,16 @@ from dataclasses import dataclass, field
 
 from .constants import Cap, Command, Status
 from .messages import ERR_HEADER, LOCAL_INFILE_HEADER, OK_HEADER, parse_ok, read_lenenc_int, strip_session_track
-from .packets import ProtocolError
+from .packets import SKIM, ProtocolError
 from .stmt import prepare_ok_with_id
 
-MORE, DONE, INFILE = 0, 1, 2  # MORE is 0: a PacketScanner goes on; the others stop it
+MORE, DONE, INFILE = 0, 1, 2  # MORE is 0: a PacketScanner goes on; DONE and INFILE stop it
 # feed's answers without a replacement, built once (the hot path allocates no tuple for them).
 _MORE = (MORE, None)
 _DONE = (DONE, None)
+# Inside a result set only EOF and ERR matter: the scanner may count rows and column
+# definitions instead of showing each one (SKIM), and says how many it skimmed.
+_SKIM = (SKIM, None)
 
 # States
 _FIRST = 0  # first packet of a (next) result: OK, ERR, LOCAL INFILE or column count
@@ -100,17 +103,20 @@ class ResponseTracker:
         if self.state_blocks:
             self.state_blocks = []
 
-    # The relay's hot path: one call per packet. Returns (event, replacement payload or None).
-    def feed(self, length: int, p: memoryview) -> tuple[int, bytes | None]:
+    # The relay's hot path: one call per packet shown. ``skimmed``: packets of the current
+    # phase (rows, column definitions) the scanner passed since the last call.
+    # Returns (event, replacement payload or None); event MORE, SKIM, DONE or INFILE.
+    def feed(self, length: int, p: memoryview, skimmed: int = 0) -> tuple[int, bytes | None]:
         state = self.state
         first = p[0] if length else -1
         if state == _ROWS:
+            self.rows += skimmed
             if first == 0xFE and length < 9:
                 return (self._eof(p), None)
             if first == ERR_HEADER:
                 return (self._err(p), None)
-            self.rows += 1
-            return _MORE
+            self.rows += 1  # a row that starts with 0xFE (its first value is 16 MiB or more)
+            return _SKIM
         if state == _FIRST or state == _INFILE_ANSWER:
             if first == OK_HEADER:
                 return self._ok(p, length)
@@ -127,13 +133,15 @@ class ResponseTracker:
             self._columns_left = n
             self.state = _COLUMNS
             self.result_set = True
-            return _MORE
+            return _SKIM
         if state == _COLUMNS:
-            if self._columns_left:
-                self._columns_left -= 1
-                return _MORE
-            if first != 0xFE or length < 5:
+            left = self._columns_left - skimmed
+            if left > 0:
+                self._columns_left = left - 1
+                return _SKIM
+            if left < 0 or first != 0xFE or length < 5:
                 raise ProtocolError("missing EOF after column definitions")
+            self._columns_left = 0
             _w, status = struct.unpack_from("<HH", p, 1)
             self.status = status
             self.status_known = True
@@ -141,7 +149,7 @@ class ResponseTracker:
                 self.cursor_open = True
                 return _DONE
             self.state = _ROWS
-            return _MORE
+            return _SKIM
         if state == _SINGLE:
             if first == OK_HEADER:
                 return self._ok(p, length)
@@ -155,7 +163,7 @@ class ResponseTracker:
                 return (self._eof(p), None)
             if first == ERR_HEADER:
                 return (self._err(p), None)
-            return _MORE
+            return _SKIM
         if state == _PREPARE_PARAMS or state == _PREPARE_COLUMNS:
             if self._columns_left:
                 self._columns_left -= 1
