@@ -126,6 +126,7 @@ class BackendLink(asyncio.Protocol):
         self.in_pool = False  # in the pool's idle list
         self.reading_paused = False  # back-pressure from the client it relays to
         self.closed = False
+        self.retiring = False  # past the pool's max_lifetime: closed when it comes back
         self.uses = 0  # statements served; tells whether a link was touched since a session used it
         # The last statement on the link left warnings or an error (SHOW WARNINGS would show them).
         self.diagnostics_dirty = False
@@ -159,13 +160,21 @@ class BackendLink(asyncio.Protocol):
             except ProtocolError as e:
                 self._relay_error(e)
                 return
-            if not scanner.verdict:
+            verdict = scanner.verdict
+            if not verdict:
                 if chunks:
                     self._sink.relay_chunks(chunks)  # type: ignore[union-attr]
+            elif verdict == DONE and not scanner.held:
+                # The usual end of a response. Its last bytes go with the event: the sink hands
+                # the link on to the next queued command before it writes them to its client.
+                self._mode = _HELD
+                tracker = self.tracker
+                if tracker.warnings or tracker.error_code:
+                    self.diagnostics_dirty = True
+                sink, self._sink = self._sink, None
+                sink.relay_done(self, DONE, chunks)  # type: ignore[union-attr]
             else:
-                # The response's last bytes go with the event: the sink hands the link on
-                # to the next queued command before it writes them to its client.
-                self._relay_event(scanner.verdict, chunks)
+                self._relay_event(verdict, chunks)
         elif mode == _EXCHANGE:
             try:
                 self._packets.extend(self._reader.feed(data))
@@ -338,19 +347,14 @@ class BackendLink(asyncio.Protocol):
             self.transport.write(data)
 
     def _relay_event(self, event: int, chunks: list[bytes | memoryview]) -> None:
+        """The relay stopped other than at a clean end: LOCAL INFILE, or bytes past the end."""
         sink = self._sink
         assert sink is not None
         if event == DONE:
-            if self._scanner.held:
-                if chunks:
-                    sink.relay_chunks(chunks)
-                self._relay_error(ProtocolError("server sent bytes after the end of a response"))
-                return
-            self._mode = _HELD
-            tracker = self.tracker
-            if tracker.warnings or tracker.error_code:
-                self.diagnostics_dirty = True
-            self._sink = None
+            if chunks:
+                sink.relay_chunks(chunks)
+            self._relay_error(ProtocolError("server sent bytes after the end of a response"))
+            return
         sink.relay_done(self, event, chunks)
 
     def _relay_error(self, error: Exception) -> None:

@@ -359,7 +359,7 @@ class Pool:
         if link.closed or link not in self.links:
             self._drop(link)
             return
-        if len(self.links) + self.opening > self.effective_cap or (self.cfg.max_lifetime and self._retire_due(link)):
+        if link.retiring or len(self.links) + self.opening > self.effective_cap:
             self._drop(link)
             return
         if link.reading_paused:
@@ -393,18 +393,20 @@ class Pool:
         log.info("pool %s: idle link %d was closed by the server; removed", self.name, link.facts.thread_id)
         self._drop(link)
 
-    def _retire_due(self, link: BackendLink) -> bool:
-        life = self.cfg.max_lifetime
-        return bool(life) and time.monotonic() - link.created > life
-
     # -- maintenance (the janitor calls this about twice a second) ----------------------
 
     def maintain(self) -> None:
         now = time.monotonic()
+        life = self.cfg.max_lifetime
+        if life:
+            # Marked here, not checked on every release: the clock stays off the hot path.
+            for link in self.links:
+                if now - link.created > life:
+                    link.retiring = True
         idle_limit = self.cfg.idle_timeout
         for idle in self.idle.values():
             for link in list(idle):
-                if (idle_limit and now - link.last_used > idle_limit) or self._retire_due(link):
+                if (idle_limit and now - link.last_used > idle_limit) or link.retiring:
                     log.debug("pool %s: retiring idle link %d", self.name, link.facts.thread_id)
                     self._drop(link)
         if self.effective_cap < self.cap and now - self._last_probe >= PROBE_INTERVAL:
