@@ -352,6 +352,8 @@ class ClientConnection(asyncio.Protocol):
                     # The server would refuse it for this client; our link could not (it has LOCAL_FILES).
                     self.send_error(ER_LOCAL_INFILE_DISABLED, _LOCAL_INFILE_MESSAGE, seq + 1)
                     return
+        elif cmd == Command.STMT_EXECUTE and not self.is_admin and statement_id(payload) in session.statements:
+            pass  # the usual binary command: a statement this client prepared, nothing to answer here
         elif self._answered_here(seq, cmd, payload):
             return
         if session.pins:
