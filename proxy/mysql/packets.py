@@ -169,12 +169,13 @@ class PacketScanner:
         return bytes(self.held)
 
     def feed(self, data: bytes | bytearray) -> list[bytes | memoryview]:
-        # The relay's hot path: one pass, locals only, one inspector call per packet.
+        # The relay's hot path: one pass, locals only, one inspector call per packet shown.
         if self.held:
             self.held += data
             data = self.held
             self.held = bytearray()
         inspect = self.inspect
+        small = SMALL_PACKET
         verdict = 0
         out: list[bytes | memoryview] = []
         view = memoryview(data)
@@ -184,48 +185,54 @@ class PacketScanner:
         skip = self._skip
         skim = self._skim
         skimmed = self._skimmed
+        continuing = self._continuing
         while pos < end:
             if skip:
-                n = min(skip, end - pos)
+                n = skip if skip < end - pos else end - pos
                 pos += n
                 skip -= n
-                if not skip and self._deferred and not self._continuing:
+                if not skip and self._deferred and not continuing:
                     verdict = self._deferred  # the long packet that ended it has passed
                     self._deferred = 0
                     break
                 continue
-            if end - pos < HEADER_SIZE:
+            body = pos + HEADER_SIZE
+            if body > end:
                 break
             length = data[pos] | data[pos + 1] << 8 | data[pos + 2] << 16
-            body = pos + HEADER_SIZE
-            if self._continuing:
-                self._continuing = length == MAX_PAYLOAD
+            if continuing:
+                continuing = length == MAX_PAYLOAD
                 skip = length
                 pos = body
                 continue
-            if length <= SMALL_PACKET:
-                if end - body < length:
+            if length <= small:
+                nxt = body + length
+                if nxt > end:
                     break
                 if skim and length and data[body] < 0xFE:
                     skimmed += 1
-                    pos = body + length
+                    pos = nxt
                     continue
-                verdict, replacement = inspect(length, view[body : body + length], skimmed)
+                verdict, replacement = inspect(length, view[body:nxt], skimmed)
                 skimmed = 0
                 if replacement is not None:
                     if pos > sent:
                         out.append(view[sent:pos])
                     out.append(frame(replacement, data[pos + 3]))
-                    sent = body + length
-                pos = body + length
-                skim = verdict == SKIM
-                if verdict and not skim:
+                    sent = nxt
+                pos = nxt
+                if verdict == SKIM:
+                    skim = True
+                    verdict = 0
+                elif verdict:
+                    skim = False
                     break
-                verdict = 0
+                else:
+                    skim = False
                 continue
             if end - body < INSPECT_PREFIX:
                 break
-            self._continuing = length == MAX_PAYLOAD
+            continuing = length == MAX_PAYLOAD
             skip = length
             pos = body
             if skim and data[body] < 0xFE:
@@ -241,6 +248,7 @@ class PacketScanner:
         self._skip = skip
         self._skim = skim
         self._skimmed = skimmed
+        self._continuing = continuing
         self.verdict = verdict
         if pos > sent:
             # All of it unchanged (a whole response in one read, the usual case): the bytes themselves.
