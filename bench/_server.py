@@ -217,3 +217,60 @@ class Proxy:
         self.stop()
         if not keep_files:
             shutil.rmtree(self.base, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- reference relay
+
+
+class ByteRelay:
+    """haproxy in TCP mode with one thread: a C byte relay between the same clients and server.
+
+    It keeps one server connection per client (no pooling) and parses nothing: the cost of the
+    extra hop itself, for comparison with the proxy in the same run. Started in a session of
+    its own, like the proxy.
+    """
+
+    def __init__(self, backend: MariaDB) -> None:
+        binary = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.access("/usr/sbin/haproxy", os.X_OK) else None)
+        if binary is None:
+            raise BenchError("--haproxy: haproxy not found (apt-get install haproxy)")
+        self.binary = binary
+        self.port = free_port()
+        self.base = Path(tempfile.mkdtemp(prefix="mpp-bench-haproxy-", dir="/tmp"))
+        self.config_path = self.base / "haproxy.cfg"
+        self.config_path.write_text(
+            "global\n    maxconn 4096\n    nbthread 1\n"
+            "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1h\n    timeout server 1h\n"
+            f"frontend clients\n    bind {HOST}:{self.port}\n    default_backend server\n"
+            f"backend server\n    server s1 {backend.host}:{backend.port}\n"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> ByteRelay:
+        out = open(self.base / "haproxy.log", "wb")
+        with out:
+            self.proc = subprocess.Popen([self.binary, "-db", "-f", str(self.config_path)], stdin=subprocess.DEVNULL,
+                                         stdout=out, stderr=subprocess.STDOUT, cwd=self.base,
+                                         preexec_fn=die_with_parent(signal.SIGKILL), start_new_session=True)
+        deadline = time.monotonic() + 10
+        while True:
+            if self.proc.poll() is not None:
+                raise BenchError(f"haproxy exited with code {self.proc.returncode}:\n"
+                                 + (self.base / "haproxy.log").read_text(errors="replace")[-3000:])
+            try:
+                with socket.create_connection((HOST, self.port), timeout=1):
+                    return self
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise BenchError("haproxy not listening after 10 s") from None
+                time.sleep(0.05)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, 10)
+        shutil.rmtree(self.base, ignore_errors=True)

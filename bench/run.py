@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/run.py [--threads 64] [--rounds 3] [--time 10] [--pool 8] [--no-ps]
                                   [--idle-clients 2000] [--profile [--profile-native]] [--proxy-rev REV]
+                                  [--haproxy]
 
 One run starts a private MariaDB (temp datadir, free port on 127.0.0.1), loads the sysbench
 oltp_point_select tables, starts the proxy (pool of --pool links, queue_timeout 30), and for each
@@ -11,8 +12,10 @@ proxy, ... Short alternating rounds spread the machine's drift over both sides. 
 median queries/s of each side, the median and range of the per-round ratios (proxy qps / the
 same round's direct qps), and p50 and p99 latency (medians over the rounds). p99 is what
 sysbench reports (--percentile=99); p50 is computed from sysbench's latency histogram.
-Then it measures the proxy's memory per idle client (bench/idle_clients.py). Everything it
-starts is stopped at the end. See bench/README.md.
+Then it measures the proxy's memory per idle client (bench/idle_clients.py). With --haproxy
+each round also runs through haproxy in TCP mode (one thread, a C byte relay that parses and
+pools nothing): what the extra hop alone costs on the same machine. Everything it starts is
+stopped at the end. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import idle_clients  # noqa: E402
 from _server import (  # noqa: E402
     HOST,
     BenchError,
+    ByteRelay,
     Proxy,
     cpu_times,
     describe_source,
@@ -267,6 +271,10 @@ class Workload:
 
     name: str
     rounds: list[tuple[SysbenchResult, SysbenchResult | None]] = field(default_factory=list)
+    relayed: list[SysbenchResult] = field(default_factory=list)  # --haproxy: one per round
+
+    def relay_ratios(self) -> list[float]:
+        return [h.qps / d.qps for (d, _), h in zip(self.rounds, self.relayed) if d.ok and h.ok and d.qps]
 
     def direct(self) -> list[SysbenchResult]:
         return [d for d, _ in self.rounds if d.ok]
@@ -360,6 +368,25 @@ def print_table(workloads: list[Workload]) -> None:
             print(f"!! {w.name}: {', '.join(w.failures())}; the row covers the other phases")
 
 
+def print_relay_table(workloads: list[Workload]) -> None:
+    """--haproxy: the byte relay's rounds, next to the same rounds' direct and proxy numbers."""
+    if not any(w.relayed for w in workloads):
+        return
+    print()
+    print("reference, same rounds: haproxy in TCP mode, one thread, no pooling (one server connection per client)")
+    for w in workloads:
+        ratios, proxy = w.relay_ratios(), w.ratios()
+        ok = [h for h in w.relayed if h.ok]
+        if not ratios:
+            print(f"  {w.name}: haproxy FAILED")
+            continue
+        line = (f"  {w.name}: haproxy {_qps(ok, len(w.relayed))} qps, {statistics.median(ratios):.2f}x of direct "
+                f"({min(ratios):.2f}..{max(ratios):.2f}x), cpu haproxy {_cpu(ok, 'haproxy')}")
+        if proxy:
+            line += f"; the proxy's ratio is {statistics.median(proxy) / statistics.median(ratios):.2f} of haproxy's"
+        print(line)
+
+
 def proxy_problems(log: str, limit: int = 30) -> list[str]:
     lines = [ln for ln in log.splitlines() if re.search(r" (ERROR|WARNING|CRITICAL) |Traceback", ln)]
     return lines[:limit] + ([f"... and {len(lines) - limit} more"] if len(lines) > limit else [])
@@ -423,6 +450,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
                     help="proxy log level (default info)")
     ap.add_argument("--keep-logs", action="store_true", help="keep the proxy log and config (path is printed)")
+    ap.add_argument("--haproxy", action="store_true",
+                    help="also run each round through haproxy in TCP mode (one thread): a C byte relay as the "
+                         "reference for the hop's own cost (needs haproxy: apt-get install haproxy)")
     ap.add_argument("--one-session", action="store_true",
                     help="run MariaDB and the proxy in the benchmark's own session, with sysbench, instead of "
                          "one session each as separate services would run (see README)")
@@ -458,7 +488,10 @@ def main(argv: list[str] | None = None) -> int:
             proxy = Proxy(db, SB_USER, SB_PASSWORD, pool=args.pool, queue_timeout=30, log_level=args.log_level,
                           own_session=not args.one_session,
                           src_root=src)
+            relay = ByteRelay(db) if args.haproxy else None
             try:
+                if relay is not None:
+                    relay.__enter__()
                 proxy.start()
                 modes = [("point_select", "disable")] + ([("point_select ps", "auto")] if args.ps else [])
                 for name, ps_mode in modes:
@@ -484,6 +517,14 @@ def main(argv: list[str] | None = None) -> int:
                             if r is not None and not r.ok:
                                 failed = True
                                 report_failure(r, proxy if r is p else None)
+                        if relay is not None:
+                            print(f"    round {i}: haproxy ...", end="", flush=True)
+                            h = run_sysbench(f"{name} haproxy, round {i}",
+                                             sysbench_run_cmd(sysbench, relay.port, args, ps_mode), limit,
+                                             {"mariadbd": db.pid, "haproxy": relay.pid})
+                            w.relayed.append(h)
+                            ratio = f" ({h.qps / d.qps:.2f}x)" if h.ok and d.ok and d.qps else ""
+                            print(f" {h.qps:,.0f} qps{ratio}" if h.ok else f" FAILED: {h.problem}", flush=True)
                         if p is not None and p.ok and (p.errors or p.reconnects):
                             print(f"      note: through the proxy sysbench saw {p.errors} ignored errors, "
                                   f"{p.reconnects} reconnects")
@@ -510,6 +551,8 @@ def main(argv: list[str] | None = None) -> int:
                 problems = proxy_problems(final_log)
                 alive = proxy.alive
             finally:
+                if relay is not None:
+                    relay.__exit__()
                 code = proxy.stop()
                 if args.keep_logs:
                     print(f"proxy log and config kept in {proxy.base}")
@@ -517,6 +560,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print()
             print_table(workloads)
+            print_relay_table(workloads)
             rounds = f"{args.rounds} rounds" if args.rounds != 1 else "1 round"
             print(f"({rounds} of {args.time} s direct, then {args.time} s through the proxy; qps: median over the "
                   "rounds; ratio: median of the per-round ratios (proxy qps / the same round's direct qps), min..max: "
