@@ -481,8 +481,6 @@ class ClientConnection(asyncio.Protocol):
                                                        prepared.bound_types)
                 prepared.bound_types = ps.param_types
             else:
-                if cmd == Command.STMT_RESET:
-                    link.forget_bound_types()
                 payload = with_statement_id(payload, prepared.id)
             if cmd == Command.STMT_SEND_LONG_DATA:
                 # No answer comes; the link stays with the session until the execute.
@@ -628,8 +626,8 @@ class ClientConnection(asyncio.Protocol):
             link.remember_statement(sql, tr.prepare.statement_id, tr.prepare.num_params)
         elif session.pins and (cmd == Command.STMT_EXECUTE or cmd == Command.STMT_RESET):
             session.unpin(PIN_LONG_DATA)
-        if tr.error_code and cmd == Command.STMT_EXECUTE:
-            link.forget_bound_types()
+        if cmd == Command.STMT_RESET or (tr.error_code and cmd == Command.STMT_EXECUTE):
+            link.forget_bound_types()  # what the server keeps bound is no longer certain
         if read_back:
             self.relay_chunks(chunks)
             link.set_held()

@@ -221,14 +221,11 @@ class PacketScanner:
                     out.append(frame(replacement, data[pos + 3]))
                     sent = nxt
                 pos = nxt
-                if verdict == SKIM:
-                    skim = True
+                skim = verdict == SKIM
+                if skim:
                     verdict = 0
                 elif verdict:
-                    skim = False
                     break
-                else:
-                    skim = False
                 continue
             if end - body < INSPECT_PREFIX:
                 break
