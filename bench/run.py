@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/run.py [--threads 64] [--rounds 3] [--time 10] [--pool 8] [--no-ps]
                                   [--idle-clients 2000] [--profile [--profile-native]] [--proxy-rev REV]
-                                  [--haproxy]
+                                  [--haproxy] [--proxy-nice N]
 
 One run starts a private MariaDB (temp datadir, free port on 127.0.0.1), loads the sysbench
 oltp_point_select tables, starts the proxy (pool of --pool links, queue_timeout 30), and for each
@@ -43,11 +43,13 @@ from _server import (  # noqa: E402
     BenchError,
     ByteRelay,
     Proxy,
+    autogroup_enabled,
     cpu_times,
     describe_source,
     find_binary,
     private_mariadb,
     proxy_source,
+    set_cpu_share,
 )
 
 SB_USER, SB_PASSWORD, SB_DB = "sbtest", "sbtest-secret", "sbtest"
@@ -413,10 +415,7 @@ def report_failure(r: SysbenchResult, proxy: Proxy | None) -> None:
 
 def session_layout(one_session: bool) -> str:
     """How the processes share the CPU (kernel.sched_autogroup_enabled groups them by session)."""
-    try:
-        autogroup = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
-    except OSError:
-        autogroup = False
+    autogroup = autogroup_enabled()
     where = ("mariadbd, the proxy and sysbench in one session" if one_session
              else "mariadbd, the proxy and sysbench each in a session of its own, as separate services")
     return f"{where}; kernel.sched_autogroup_enabled={'1' if autogroup else '0 (sessions do not matter)'}"
@@ -453,6 +452,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--haproxy", action="store_true",
                     help="also run each round through haproxy in TCP mode (one thread): a C byte relay as the "
                          "reference for the hop's own cost (needs haproxy: apt-get install haproxy)")
+    ap.add_argument("--proxy-nice", type=int, default=-5, metavar="N",
+                    help="CPU share of the proxy (and of haproxy): nice N for its session, -5 = 3x the default "
+                         "share, as CPUWeight=300 in systemd/mysql-pool-proxy.service gives the service; 0 = the "
+                         "default share (default -5; see README)")
     ap.add_argument("--one-session", action="store_true",
                     help="run MariaDB and the proxy in the benchmark's own session, with sysbench, instead of "
                          "one session each as separate services would run (see README)")
@@ -493,6 +496,10 @@ def main(argv: list[str] | None = None) -> int:
                 if relay is not None:
                     relay.__enter__()
                 proxy.start()
+                share = set_cpu_share(proxy.pid, args.proxy_nice, not args.one_session)
+                if relay is not None:
+                    set_cpu_share(relay.pid, args.proxy_nice, True)
+                print(f"CPU share of the proxy{' and haproxy' if relay is not None else ''}: {share}", flush=True)
                 modes = [("point_select", "disable")] + ([("point_select ps", "auto")] if args.ps else [])
                 for name, ps_mode in modes:
                     w = Workload(name)
