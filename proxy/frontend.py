@@ -416,7 +416,7 @@ class ClientConnection(asyncio.Protocol):
     def _lease(self) -> None:
         """A link for the current command: now, or when the pool calls back."""
         got = self.pool.lease(self._pool_key, self._on_lease)
-        if type(got) is Waiter:
+        if type(got) is tuple:  # a Waiter: queued, _on_lease gets the link
             self._waiter = got
         else:
             self._leased(got)  # type: ignore[arg-type]
