@@ -442,7 +442,7 @@ class ClientConnection(asyncio.Protocol):
         # a follow-up question with another session's warnings (but must with the session's own:
         # clearing them would also reset FOUND_ROWS() and ROW_COUNT()).
         clear = self._follow_up and link.diagnostics_dirty and not own_diagnostics
-        if clear or link.state != self.session.state:  # type: ignore[union-attr]
+        if clear or not link.state.same_as(self.session.state):  # type: ignore[union-attr]
             self.server.spawn(self._replay_and_send(link, clear))
         else:
             self._send(link)
