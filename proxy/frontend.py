@@ -95,6 +95,9 @@ class ClientConnection(asyncio.Protocol):
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._expect_seq = 1  # sequence id of the client's next authentication packet
         self._current: tuple[int, bytes, int, Classified | None] | None = None  # seq, payload, cmd, stmt
+        # The statement a COM_STMT_* command in _current names, looked up once when it arrived.
+        # The session's statements cannot change before it is sent: later commands queue behind it.
+        self._statement: PreparedStatement | None = None
         self._retried = False
         self._fresh_link = False
         self._follow_up = False
@@ -352,8 +355,9 @@ class ClientConnection(asyncio.Protocol):
                     # The server would refuse it for this client; our link could not (it has LOCAL_FILES).
                     self.send_error(ER_LOCAL_INFILE_DISABLED, _LOCAL_INFILE_MESSAGE, seq + 1)
                     return
-        elif cmd == Command.STMT_EXECUTE and not self.is_admin and statement_id(payload) in session.statements:
-            pass  # the usual binary command: a statement this client prepared, nothing to answer here
+        elif (cmd == Command.STMT_EXECUTE and not self.is_admin
+              and (ps := session.statements.get(statement_id(payload))) is not None):
+            self._statement = ps  # the usual binary command: a statement this client prepared, nothing to answer here
         elif self._answered_here(seq, cmd, payload):
             return
         if session.pins:
@@ -412,7 +416,7 @@ class ClientConnection(asyncio.Protocol):
     def _lease(self) -> None:
         """A link for the current command: now, or when the pool calls back."""
         got = self.pool.lease(self._pool_key, self._on_lease)
-        if type(got) is Waiter:
+        if type(got) is tuple:  # a Waiter: queued, _on_lease gets the link
             self._waiter = got
         else:
             self._leased(got)  # type: ignore[arg-type]
@@ -438,7 +442,7 @@ class ClientConnection(asyncio.Protocol):
         # a follow-up question with another session's warnings (but must with the session's own:
         # clearing them would also reset FOUND_ROWS() and ROW_COUNT()).
         clear = self._follow_up and link.diagnostics_dirty and not own_diagnostics
-        if clear or link.state != self.session.state:  # type: ignore[union-attr]
+        if clear or not link.state.same_as(self.session.state):  # type: ignore[union-attr]
             self.server.spawn(self._replay_and_send(link, clear))
         else:
             self._send(link)
@@ -470,7 +474,8 @@ class ClientConnection(asyncio.Protocol):
             session.last_statement_id += 1
             alias = session.last_statement_id
         elif cmd in _BY_STATEMENT:
-            ps = session.statements[statement_id(payload)]
+            ps = self._statement
+            assert ps is not None
             prepared = link.prepared.get(ps.sql)
             if prepared is None:
                 # This link never saw the statement: prepare it here first.
@@ -545,6 +550,7 @@ class ClientConnection(asyncio.Protocol):
             # Nothing of it lives on a link: no long data, no cursor. Reset is a no-op.
             self._write(frame(build_ok(OK(status=self._status()), session.client_caps), seq + 1))
             return False
+        self._statement = ps
         return True
 
     async def _replay_and_send(self, link: BackendLink, clear_diagnostics: bool) -> None:

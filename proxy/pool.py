@@ -52,12 +52,10 @@ class PoolTimeout(Exception):
         self.message = message
 
 
-@dataclass(eq=False, slots=True)
-class Waiter:
-    key: bool
-    callback: LeaseCallback
-    since: float  # event-loop time
-    done: bool = False
+# A queued lease: (key, callback, since), ``since`` in event-loop time. A plain tuple: one
+# is made for every command that queues, and an instance of a class costs several times more.
+# A client has one waiter at a time, so no two queued waiters are equal.
+Waiter = tuple[bool, LeaseCallback, float]
 
 
 @dataclass
@@ -161,11 +159,12 @@ class Pool:
                     self.stats.leases += 1
                     return link
         loop = self._loop or self.loop
-        waiter = Waiter(key, callback, loop.time())
+        since = loop.time()
+        waiter = (key, callback, since)
         self.waiters.append(waiter)
         self.stats.queued_leases += 1
         if self._timer is None:
-            self._timer = loop.call_at(waiter.since + self.cfg.queue_timeout, self._expire_due)
+            self._timer = loop.call_at(since + self.cfg.queue_timeout, self._expire_due)
         # The usual queued case (every link busy, none opening room) has nothing to start.
         if self.idle[False] or self.idle[True] or len(self.links) + self.opening < self.effective_cap:
             self._kick()
@@ -185,8 +184,8 @@ class Pool:
                 fut.set_exception(error or PoolTimeout("no link"))
 
         got = self.lease(key, done)
-        if isinstance(got, BackendLink):
-            return got
+        if type(got) is not tuple:  # not a Waiter: a link
+            return got  # type: ignore[return-value]
         try:
             return await fut
         except asyncio.CancelledError:
@@ -194,13 +193,11 @@ class Pool:
             raise
 
     def cancel(self, waiter: Waiter) -> None:
-        """The waiting client left."""
-        if not waiter.done:
-            waiter.done = True
-            try:
-                self.waiters.remove(waiter)
-            except ValueError:
-                pass
+        """The waiting client left (a waiter already called back is no longer queued)."""
+        try:
+            self.waiters.remove(waiter)
+        except ValueError:
+            pass
 
     def take_back(self, link: BackendLink) -> BackendLink | None:
         """The given link, if it is idle (a session wants the link its last statement ran on)."""
@@ -217,33 +214,31 @@ class Pool:
         loop = self.loop
         now = loop.time()
         timeout = self.cfg.queue_timeout
-        while self.waiters and self.waiters[0].since + timeout <= now:
-            waiter = self.waiters.popleft()
-            waiter.done = True
+        while self.waiters and self.waiters[0][2] + timeout <= now:
+            _key, callback, since = self.waiters.popleft()
             self.stats.queue_timeouts += 1
-            self.stats.total_wait += now - waiter.since
-            waiter.callback(None, PoolTimeout(self._timeout_message()))
+            self.stats.total_wait += now - since
+            callback(None, PoolTimeout(self._timeout_message()))
         if self.waiters:
-            self._timer = loop.call_at(self.waiters[0].since + timeout, self._expire_due)
+            self._timer = loop.call_at(self.waiters[0][2] + timeout, self._expire_due)
 
     def _hand_over(self, link: BackendLink) -> bool:
         """Give a free link to the first waiter; False when nobody waits."""
         waiters = self.waiters
         if not waiters or self.paused:
             return False
-        waiter = waiters[0]
-        if waiter.key != link.found_rows:
+        key, callback, since = waiters[0]
+        if key != link.found_rows:
             # First in line wants the other kind: make room for it.
             self._drop(link)
             return True
         waiters.popleft()
-        waiter.done = True
         stats = self.stats
         stats.leases += 1
-        stats.total_wait += (self._loop or self.loop).time() - waiter.since
+        stats.total_wait += (self._loop or self.loop).time() - since
         link.in_pool = False
         link.leased_by = None
-        waiter.callback(link, None)
+        callback(link, None)
         return True
 
     def _timeout_message(self) -> str:
@@ -260,7 +255,7 @@ class Pool:
         """Start whatever async work serves the queue: pings of stale idle links, new links."""
         if self.paused or not self.waiters:
             return
-        key = self.waiters[0].key
+        key = self.waiters[0][0]
         idle = self.idle[key]
         if idle:
             link = idle.pop()

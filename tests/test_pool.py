@@ -10,7 +10,7 @@ import asyncio
 
 from proxy.backend import BackendLink
 from proxy.config import PoolConfig
-from proxy.pool import Pool, PoolTimeout, Waiter
+from proxy.pool import Pool, PoolTimeout
 
 
 class MemoryTransport:
@@ -64,7 +64,7 @@ async def test_a_link_paused_for_a_slow_client_reads_again_when_handed_to_the_ne
         assert transport.reading, "the next user was given a link that does not read"
 
     waiter = pool.lease(False, on_lease)
-    assert isinstance(waiter, Waiter)  # the cap of 1 is taken
+    assert not isinstance(waiter, BackendLink)  # the cap of 1 is taken: a Waiter
     pool.release(link)  # the response ended while the client was still behind
     assert got == [link]
     assert not link.reading_paused
@@ -88,7 +88,7 @@ async def test_hand_over_is_first_come_first_served_and_counts_the_wait() -> Non
     order: list[str] = []
     first = pool.lease(False, lambda lent, error: order.append("first"))
     second = pool.lease(False, lambda lent, error: order.append("second"))
-    assert isinstance(first, Waiter) and isinstance(second, Waiter)
+    assert not isinstance(first, BackendLink) and not isinstance(second, BackendLink)
     await asyncio.sleep(0.01)
     pool.release(link)
     assert order == ["first"]

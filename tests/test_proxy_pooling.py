@@ -470,6 +470,11 @@ def stmt_execute_strings(conn, stmt_id: int, params: bytes = b"") -> list[list[b
     ``params``: the raw parameter block (null bitmap, new-params-bound flag, types, values).
     """
     conn._execute_command(COM_STMT_EXECUTE, struct.pack("<IBI", stmt_id, 0, 1) + params)
+    return read_binary_strings(conn)
+
+
+def read_binary_strings(conn) -> list[list[bytes | None]]:
+    """The binary rows of an execute's result set whose columns are all strings."""
     data = conn._read_packet().get_all_data()
     ncols, _ = _read_lenenc(data, 0)
     for _ in range(ncols):
@@ -522,6 +527,38 @@ def test_binary_prepared_statements_survive_multiplexing(mariadb, proxy_factory)
         stmt_execute_strings(a, sid)
     assert ei.value.args[0] == 1243  # unknown prepared statement handler, as the server says
     assert backend_thread(a) == backend_thread(b)
+
+
+def test_pipelined_statement_commands_each_run_their_own_statement(mariadb, proxy_factory) -> None:
+    """Executes queued for the only link, pipelined with a close: each runs the statement it names.
+
+    The proxy looks a command's statement up when the command arrives and uses it once a
+    link is free; the commands queued behind it must not change what it runs.
+    """
+    p = proxy_factory({"pool": {"max_connections": 1, "queue_timeout": 5}})
+    a, b = p.connect(), p.connect()
+    one, _ = stmt_prepare(a, "SELECT CAST('one' AS CHAR)")
+    two, _ = stmt_prepare(a, "SELECT CAST('two' AS CHAR)")
+
+    def packet(payload: bytes) -> bytes:
+        return struct.pack("<I", len(payload))[:3] + b"\x00" + payload
+
+    def execute(sid: int) -> bytes:
+        return packet(struct.pack("<BIBI", COM_STMT_EXECUTE, sid, 0, 1))
+
+    b._execute_command(pymysql.constants.COMMAND.COM_QUERY, "SELECT SLEEP(0.3)")  # holds the only link
+    time.sleep(0.05)
+    close_one = packet(struct.pack("<BI", COM_STMT_CLOSE, one))
+    a._sock.sendall(execute(one) + execute(two) + close_one + execute(one) + execute(two))
+    b._read_query_result()
+    answers = []
+    for _ in range(4):
+        a._next_seq_id = 1  # each answer starts its own sequence
+        try:
+            answers.append(read_binary_strings(a))
+        except pymysql.MySQLError as e:
+            answers.append(e.args[0])
+    assert answers == [[[b"one"]], [[b"two"]], 1243, [[b"two"]]]
 
 
 def _one_param(types: bytes | None, value: bytes) -> bytes:

@@ -25,6 +25,8 @@ _DONE = (DONE, None)
 # Inside a result set only EOF and ERR matter: the scanner may count rows and column
 # definitions instead of showing each one (SKIM), and says how many it skimmed.
 _SKIM = (SKIM, None)
+# EOF's warnings and status flags, precompiled: read twice per result set.
+_warnings_status = struct.Struct("<HH").unpack_from
 
 # States
 _FIRST = 0  # first packet of a (next) result: OK, ERR, LOCAL INFILE or column count
@@ -142,7 +144,7 @@ class ResponseTracker:
             if left < 0 or first != 0xFE or length < 5:
                 raise ProtocolError("missing EOF after column definitions")
             self._columns_left = 0
-            _w, status = struct.unpack_from("<HH", p, 1)
+            _w, status = _warnings_status(p, 1)
             self.status = status
             self.status_known = True
             if status & Status.CURSOR_EXISTS and self.command == Command.STMT_EXECUTE:
@@ -223,7 +225,7 @@ class ResponseTracker:
 
     def _eof(self, p: memoryview) -> int:
         if len(p) >= 5:
-            self.warnings, self.status = struct.unpack_from("<HH", p, 1)
+            self.warnings, self.status = _warnings_status(p, 1)
             self.status_known = True
         if self.status & Status.SESSION_STATE_CHANGED:
             self.unexplained_change = True

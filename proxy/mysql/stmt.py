@@ -14,22 +14,23 @@ from .packets import ProtocolError
 
 _EXECUTE_HEAD = 1 + 4 + 1 + 4  # command, statement id, flags, iteration count
 CURSOR_TYPE_READ_ONLY = 0x01
+_U32 = struct.Struct("<I")  # a statement id; precompiled: read and rewritten for every execute
 
 
 def statement_id(payload: bytes) -> int:
     """The statement id of any COM_STMT_* payload (it always follows the command byte)."""
     if len(payload) < 5:
         raise ProtocolError("truncated prepared-statement command")
-    return int(struct.unpack_from("<I", payload, 1)[0])
+    return int(_U32.unpack_from(payload, 1)[0])
 
 
 def with_statement_id(payload: bytes, new_id: int) -> bytes:
-    return payload[:1] + struct.pack("<I", new_id) + payload[5:]
+    return payload[:1] + _U32.pack(new_id) + payload[5:]
 
 
 def prepare_ok_with_id(payload: bytes | memoryview, new_id: int) -> bytes:
     """A COM_STMT_PREPARE OK packet answering with ``new_id``."""
-    return bytes(payload[:1]) + struct.pack("<I", new_id) + bytes(payload[5:])
+    return bytes(payload[:1]) + _U32.pack(new_id) + bytes(payload[5:])
 
 
 def bind_execute(payload: bytes, server_id: int, num_params: int, known_types: bytes | None,
@@ -59,5 +60,5 @@ def bind_execute(payload: bytes, server_id: int, num_params: int, known_types: b
     if known_types == server_types:
         # The usual case once every link has run the statement: the server re-binds nothing.
         return with_statement_id(payload, server_id), known_types
-    head = payload[:1] + struct.pack("<I", server_id) + payload[5:bitmap_end]
+    head = payload[:1] + _U32.pack(server_id) + payload[5:bitmap_end]
     return head + b"\x01" + known_types + payload[rest:], known_types
