@@ -291,7 +291,7 @@ class BackendLink(asyncio.Protocol):
             while True:
                 _seq, payload = await self.read_packet()
                 reply.packets.append(payload)
-                event, _ = tracker.feed(len(payload), memoryview(payload))
+                event, _ = tracker.feed(len(payload), payload)
                 if event == DONE:
                     break
                 if event == INFILE:

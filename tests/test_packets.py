@@ -93,11 +93,12 @@ class Recorder:
         self.seen: list[tuple[int, bytes]] = []
         self.replace = replace
 
-    def __call__(self, length: int, payload: memoryview, skimmed: int = 0) -> tuple[int, bytes | None]:
-        # Copy now: the view points into the scanner's buffer.
-        self.seen.append((length, bytes(payload)))
+    def __call__(self, length: int, buf: packets.Buffer, at: int = 0, skimmed: int = 0) -> tuple[int, bytes | None]:
+        # Copy now: the buffer is the scanner's.
+        payload = bytes(buf[at : at + length])
+        self.seen.append((length, payload))
         if self.replace and length <= packets.SMALL_PACKET:
-            return 0, b"R" + bytes(payload) + b"!"
+            return 0, b"R" + payload + b"!"
         return 0, None
 
 
@@ -318,8 +319,8 @@ def test_scanner_exact_multiple_hides_the_empty_continuation_but_not_an_empty_pa
 def test_scanner_replacement_is_reframed_with_the_same_seq() -> None:
     stream = frame(b"\x01", 1) + frame(b"\x00\x00\x00\x02@\x00\x00", 7) + frame(b"tail", 8)
 
-    def inspect(length: int, p: memoryview, skimmed: int = 0) -> tuple[int, bytes | None]:
-        return 0, (b"\x00\x00\x00\x02\x00\x00\x00" if bytes(p[4:5]) == b"@" else None)
+    def inspect(length: int, buf: packets.Buffer, at: int = 0, skimmed: int = 0) -> tuple[int, bytes | None]:
+        return 0, (b"\x00\x00\x00\x02\x00\x00\x00" if bytes(buf[at + 4 : at + 5]) == b"@" else None)
 
     for chunks in ([stream], cut(stream, [5, 7, 10, 14]), [stream[i : i + 1] for i in range(len(stream))]):
         out = scan_all(PacketScanner(inspect), chunks)
@@ -331,7 +332,7 @@ def test_scanner_stop_returns_at_the_packet_end_and_keeps_the_rest() -> None:
     stream = p1 + p2 + p3 + b"\x05\x00"  # plus the start of something else
     shown: list[int] = []
 
-    def inspect(length: int, p: memoryview, skimmed: int = 0) -> tuple[int, None]:
+    def inspect(length: int, buf: packets.Buffer, at: int = 0, skimmed: int = 0) -> tuple[int, None]:
         shown.append(length)
         return (7 if length == 2 else 0), None
 
@@ -352,7 +353,7 @@ def test_scanner_stop_on_a_long_packet_waits_for_its_body() -> None:
     big = pattern(SMALL_PACKET * 2, salt=3)
     stream = frame(b"a", 1) + frame(big, 2) + b"\x09"  # plus the start of something else
 
-    def inspect(length: int, p: memoryview, skimmed: int = 0) -> tuple[int, None]:
+    def inspect(length: int, buf: packets.Buffer, at: int = 0, skimmed: int = 0) -> tuple[int, None]:
         return (1 if length == len(big) else 0), None
 
     s = PacketScanner(inspect)
@@ -459,7 +460,8 @@ def test_scanner_stop_then_resume_loses_and_repeats_nothing(payloads: list[bytes
     stop_at = {i for i in range(len(payloads)) if rnd.random() < 0.5}
     shown: list[int] = []
 
-    def inspect(length: int, p: memoryview, skimmed: int = 0) -> tuple[int, None]:
+    def inspect(length: int, buf: packets.Buffer, at: int = 0, skimmed: int = 0) -> tuple[int, None]:
+        p = bytes(buf[at : at + length])
         seq = p[0]
         shown.append(seq)
         return (1 if seq in stop_at else 0), None
@@ -480,8 +482,9 @@ def test_scanner_skim_counts_rows_and_shows_eof() -> None:
     """After SKIM only packets starting with 0xFE / 0xFF are shown, with the count skimmed before them."""
     shown: list[tuple[bytes, int]] = []
 
-    def inspect(length: int, p: memoryview, skimmed: int = 0) -> tuple[int, None]:
-        shown.append((bytes(p), skimmed))
+    def inspect(length: int, buf: packets.Buffer, at: int = 0, skimmed: int = 0) -> tuple[int, None]:
+        p = bytes(buf[at : at + length])
+        shown.append((p, skimmed))
         return (1 if p[0] == 0xFF else SKIM), None
 
     rows = [b"\x01a", b"\x03def", b"\x00", b"\xfb"]
@@ -500,8 +503,9 @@ def test_scanner_skim_ends_with_the_next_packet_shown() -> None:
     """Skimming lasts until a packet is shown; a verdict other than SKIM there shows everything again."""
     shown: list[bytes] = []
 
-    def inspect(length: int, p: memoryview, skimmed: int = 0) -> tuple[int, None]:
-        shown.append(bytes(p))
+    def inspect(length: int, buf: packets.Buffer, at: int = 0, skimmed: int = 0) -> tuple[int, None]:
+        p = bytes(buf[at : at + length])
+        shown.append(p)
         return (SKIM if p[0] == 0x02 else 0), None
 
     payloads = [b"\x02", b"\x01", b"\xfe\x00\x00\x0a\x00", b"\x01", b"\x03"]
@@ -513,8 +517,9 @@ def _check_skimming(logical: list[tuple[int, bytes]], cuts: list[int]) -> None:
     stream = b"".join(frame(p, seq) for seq, p in logical)
     shown: list[tuple[bytes, int]] = []
 
-    def inspect(length: int, p: memoryview, skimmed: int = 0) -> tuple[int, None]:
-        shown.append((bytes(p), skimmed))
+    def inspect(length: int, buf: packets.Buffer, at: int = 0, skimmed: int = 0) -> tuple[int, None]:
+        p = bytes(buf[at : at + length])
+        shown.append((p, skimmed))
         return SKIM, None
 
     s = PacketScanner(inspect)

@@ -124,12 +124,16 @@ class PacketReader:
         return len(self._buf) + self._parts_len
 
 
-# The callback of a scanner: (payload length, payload or its prefix, packets skimmed
-# since the last one shown) -> (verdict, replacement). A replacement payload is framed
-# with the packet's own sequence id (None: forward the packet as it is). Verdict 0 goes
-# on; SKIM goes on skimming; any other value stops the scan at that packet's end (see
-# PacketScanner). ResponseTracker.feed is one.
-Inspector = Callable[[int, memoryview, int], "tuple[int, bytes | None]"]
+# The callback of a scanner: (payload length, buffer, offset, packets skimmed since the
+# last one shown) -> (verdict, replacement). What it is shown is buffer[offset:offset +
+# length]: the payload, or for a long packet its prefix (slicing stops at the buffer's
+# end). The buffer and offset, not a slice: most packets shown are read a byte or two
+# deep, and cutting a view for each costs more than reading them. A replacement payload
+# is framed with the packet's own sequence id (None: forward the packet as it is).
+# Verdict 0 goes on; SKIM goes on skimming; any other value stops the scan at that
+# packet's end (see PacketScanner). ResponseTracker.feed is one.
+Buffer = bytes | bytearray | memoryview
+Inspector = Callable[[int, Buffer, int, int], "tuple[int, bytes | None]"]
 
 # Verdict: go on, and from now show only packets that start with 0xFE or 0xFF (EOF, ERR,
 # or a rare row); count the others. Rows and column definitions never start with those
@@ -219,7 +223,7 @@ class PacketScanner:
                     skimmed += 1
                     pos = nxt
                     continue
-                verdict, replacement = inspect(length, view[body:nxt], skimmed)
+                verdict, replacement = inspect(length, data, body, skimmed)
                 skimmed = 0
                 if replacement is not None:
                     if pos > sent:
@@ -241,7 +245,7 @@ class PacketScanner:
             if skim and data[body] < 0xFE:
                 skimmed += 1
                 continue
-            verdict, _ = inspect(length, view[body : body + INSPECT_PREFIX], skimmed)
+            verdict, _ = inspect(length, view[body : body + INSPECT_PREFIX], 0, skimmed)
             skimmed = 0
             skim = verdict == SKIM
             if verdict and not skim:

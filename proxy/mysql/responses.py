@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from .constants import Cap, Command, Status
 from .messages import ERR_HEADER, LOCAL_INFILE_HEADER, OK_HEADER, parse_ok, read_lenenc_int, strip_session_track
-from .packets import SKIM, ProtocolError
+from .packets import SKIM, Buffer, ProtocolError
 from .stmt import prepare_ok_with_id
 
 MORE, DONE, INFILE = 0, 1, 2  # MORE is 0: a PacketScanner goes on; DONE and INFILE stop it
@@ -105,31 +105,34 @@ class ResponseTracker:
         if self.state_blocks:
             self.state_blocks = []
 
-    # The relay's hot path: one call per packet shown. ``skimmed``: packets of the current
-    # phase (rows, column definitions) the scanner passed since the last call.
+    # The relay's hot path: one call per packet shown, an Inspector (see PacketScanner): the
+    # packet is buf[at:at + length], a long one's prefix when the buffer ends sooner; read in
+    # place, sliced only to parse an OK or a column count above 250. ``skimmed``: packets of
+    # the current phase (rows, column definitions) the scanner passed since the last call.
     # Returns (event, replacement payload or None); event MORE, SKIM, DONE or INFILE.
-    def feed(self, length: int, p: memoryview, skimmed: int = 0) -> tuple[int, bytes | None]:
+    def feed(self, length: int, buf: Buffer, at: int = 0, skimmed: int = 0) -> tuple[int, bytes | None]:
         state = self.state
-        first = p[0] if length else -1
+        first = buf[at] if length else -1
         if state == _ROWS:
             self.rows += skimmed
             if first == 0xFE and length < 9:
-                return (self._eof(p), None)
+                return (self._eof(length, buf, at), None)
             if first == ERR_HEADER:
-                return (self._err(p), None)
+                return (self._err(length, buf, at), None)
             self.rows += 1  # a row that starts with 0xFE (its first value is 16 MiB or more)
             return _SKIM
         if state == _FIRST or state == _INFILE_ANSWER:
             if first == OK_HEADER:
-                return self._ok(p, length)
+                return self._ok(memoryview(buf)[at : at + length])
             if first == ERR_HEADER:
-                return (self._err(p), None)
+                return (self._err(length, buf, at), None)
             if state == _FIRST and first == LOCAL_INFILE_HEADER:
                 self.state = _INFILE_ANSWER
                 return (INFILE, None)
             if state == _INFILE_ANSWER:
                 raise ProtocolError("unexpected packet after LOCAL INFILE data")
-            n, _ = read_lenenc_int(p, 0)
+            # One byte is the usual count; a longer or broken one is read from the packet alone.
+            n = first if 0 < first < 0xFB else read_lenenc_int(memoryview(buf)[at : at + length], 0)[0]
             if not n:
                 raise ProtocolError("invalid column count")
             self._columns_left = n
@@ -144,7 +147,7 @@ class ResponseTracker:
             if left < 0 or first != 0xFE or length < 5:
                 raise ProtocolError("missing EOF after column definitions")
             self._columns_left = 0
-            _w, status = _warnings_status(p, 1)
+            _w, status = _warnings_status(buf, at + 1)
             self.status = status
             self.status_known = True
             if status & Status.CURSOR_EXISTS and self.command == Command.STMT_EXECUTE:
@@ -154,17 +157,17 @@ class ResponseTracker:
             return _SKIM
         if state == _SINGLE:
             if first == OK_HEADER:
-                return self._ok(p, length)
+                return self._ok(memoryview(buf)[at : at + length])
             if first == ERR_HEADER:
-                return (self._err(p), None)
+                return (self._err(length, buf, at), None)
             if first == 0xFE and length < 9:
-                return (self._eof(p), None)
+                return (self._eof(length, buf, at), None)
             return _DONE  # COM_STATISTICS: a plain string
         if state == _FIELD_LIST:
             if first == 0xFE and length < 9:
-                return (self._eof(p), None)
+                return (self._eof(length, buf, at), None)
             if first == ERR_HEADER:
-                return (self._err(p), None)
+                return (self._err(length, buf, at), None)
             return _SKIM
         if state == _PREPARE_PARAMS or state == _PREPARE_COLUMNS:
             if self._columns_left:
@@ -179,7 +182,7 @@ class ResponseTracker:
             return _DONE
         raise ProtocolError(f"response tracker in unknown state {state}")  # pragma: no cover
 
-    def _ok(self, p: memoryview, length: int) -> tuple[int, bytes | None]:
+    def _ok(self, p: memoryview) -> tuple[int, bytes | None]:
         if self.command == Command.STMT_PREPARE:
             return self._prepare_ok(p)
         ok = parse_ok(p, Cap.SESSION_TRACK)
@@ -223,9 +226,10 @@ class ResponseTracker:
             return MORE, replacement
         return DONE, replacement
 
-    def _eof(self, p: memoryview) -> int:
-        if len(p) >= 5:
-            self.warnings, self.status = _warnings_status(p, 1)
+    # Given only packets shorter than 9 bytes, which are shown whole: ``length`` says which fields are there.
+    def _eof(self, length: int, buf: Buffer, at: int) -> int:
+        if length >= 5:
+            self.warnings, self.status = _warnings_status(buf, at + 1)
             self.status_known = True
         if self.status & Status.SESSION_STATE_CHANGED:
             self.unexplained_change = True
@@ -237,7 +241,8 @@ class ResponseTracker:
             return MORE
         return DONE
 
-    def _err(self, p: memoryview) -> int:
+    def _err(self, length: int, buf: Buffer, at: int) -> int:
+        p = memoryview(buf)[at : at + length]  # rare: the bytes shown, as long as they are
         self.error_code = struct.unpack_from("<H", p, 1)[0] if len(p) >= 3 else 0
         if self.command == Command.STMT_FETCH:
             self.cursor_open = False
