@@ -222,25 +222,6 @@ class Pool:
         if self.waiters:
             self._timer = loop.call_at(self.waiters[0][2] + timeout, self._expire_due)
 
-    def _hand_over(self, link: BackendLink) -> bool:
-        """Give a free link to the first waiter; False when nobody waits."""
-        waiters = self.waiters
-        if not waiters or self.paused:
-            return False
-        key, callback, since = waiters[0]
-        if key != link.found_rows:
-            # First in line wants the other kind: make room for it.
-            self._drop(link)
-            return True
-        waiters.popleft()
-        stats = self.stats
-        stats.leases += 1
-        stats.total_wait += (self._loop or self.loop).time() - since
-        link.in_pool = False
-        link.leased_by = None
-        callback(link, None)
-        return True
-
     def _timeout_message(self) -> str:
         why = f"; last connect error: {self.last_connect_error}" if self.last_connect_error else ""
         cap = f"{self.effective_cap} of {self.cap}" if self.effective_cap < self.cap else f"{self.cap}"
@@ -361,8 +342,21 @@ class Pool:
             # A slow client paused it after the response's last bytes: whoever has it
             # next (a waiter, or the idle list watching for the server closing it) needs it reading.
             link.resume_reading()
-        # Straight to the next waiter when there is one: no idle bookkeeping in between.
-        if self.waiters and self._hand_over(link):
+        # Straight to the first waiter when there is one: no idle bookkeeping in between.
+        # (Inline, not a method of its own: this runs once per statement while clients queue.)
+        waiters = self.waiters
+        if waiters and not self.paused:
+            key, callback, since = waiters[0]
+            if key != link.found_rows:
+                # First in line wants the other kind: make room for it.
+                self._drop(link)
+                return
+            waiters.popleft()
+            stats = self.stats
+            stats.leases += 1
+            stats.total_wait += (self._loop or self.loop).time() - since
+            link.leased_by = None
+            callback(link, None)
             return
         link.set_idle()
         link.in_pool = True
