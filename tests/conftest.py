@@ -333,6 +333,22 @@ def proxy_defaults(mariadb: MariaDB) -> dict[str, Any]:
 ProxyFactory = Callable[..., ProxyProcess]
 
 
+def _wait_for_links_gone(mariadb: MariaDB, timeout: float = 5.0) -> None:
+    """After a test's proxies exit, wait until the server has ended their links' threads.
+
+    The server ends a closed connection's thread in its own time, which on a loaded machine
+    can outlast the proxy. The next test's counts of the app account's connections (the cap
+    checks) must see only its own proxy's links. Gives up quietly: a server a test left
+    stopped, or slow, is the next test's fixture's business.
+    """
+    deadline = time.monotonic() + timeout
+    try:
+        while count_backend_connections(mariadb, APP_USER) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    except Exception:  # noqa: BLE001 - the server may be down after a fault test
+        pass
+
+
 @pytest.fixture
 def proxy_factory(mariadb: MariaDB, tmp_path: Path) -> Iterator[ProxyFactory]:
     """Start proxies: ``proxy_factory(config_overrides=None, *, wait=True, args=(), log_level="debug")``."""
@@ -402,6 +418,8 @@ def proxy_factory(mariadb: MariaDB, tmp_path: Path) -> Iterator[ProxyFactory]:
         if mine:
             problems += mine
             problems.append(f"--- log of pid {p.pid} ({p.log_path}) ---\n{text[-12000:]}")
+    if started:
+        _wait_for_links_gone(mariadb)
     if problems:
         pytest.fail("\n".join(problems), pytrace=False)
 
