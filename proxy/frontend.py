@@ -416,10 +416,10 @@ class ClientConnection(asyncio.Protocol):
     def _lease(self) -> None:
         """A link for the current command: now, or when the pool calls back."""
         got = self.pool.lease(self._pool_key, self._on_lease)
-        if type(got) is tuple:  # a Waiter: queued, _on_lease gets the link
-            self._waiter = got
+        if type(got) is BackendLink:
+            self._leased(got)
         else:
-            self._leased(got)  # type: ignore[arg-type]
+            self._waiter = got  # queued: _on_lease gets the link
 
     def _on_lease(self, link: BackendLink | None, error: PoolTimeout | None) -> None:
         self._waiter = None

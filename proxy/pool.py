@@ -184,8 +184,8 @@ class Pool:
                 fut.set_exception(error or PoolTimeout("no link"))
 
         got = self.lease(key, done)
-        if type(got) is not tuple:  # not a Waiter: a link
-            return got  # type: ignore[return-value]
+        if type(got) is BackendLink:
+            return got
         try:
             return await fut
         except asyncio.CancelledError:
