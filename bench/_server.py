@@ -158,7 +158,7 @@ class Proxy:
 
     def __init__(self, backend: MariaDB, user: str, password: str, pool: int = 8, queue_timeout: float = 30,
                  log_level: str = "info", extra: dict[str, Any] | None = None,
-                 src_root: Path = REPO_ROOT, own_session: bool = True) -> None:
+                 src_root: Path = REPO_ROOT, own_session: bool = True, via_socket: bool = False) -> None:
         self.src_root = src_root
         self.own_session = own_session
         self.host = HOST
@@ -169,7 +169,8 @@ class Proxy:
         self.log_level = log_level
         self.config: dict[str, Any] = {
             "listen": {"host": HOST, "port": self.port},
-            "backend": {"host": backend.host, "port": backend.port, "user": user, "password": password},
+            "backend": ({"unix_socket": backend.socket} if via_socket else {"host": backend.host, "port": backend.port})
+            | {"user": user, "password": password},
             "pool": {"max_connections": pool, "queue_timeout": queue_timeout, "connect_timeout": 5},
             "shutdown_timeout": 5,
         }
@@ -262,7 +263,7 @@ class ByteRelay:
     its own, like the proxy.
     """
 
-    def __init__(self, backend: MariaDB) -> None:
+    def __init__(self, backend: MariaDB, via_socket: bool = False) -> None:
         binary = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.access("/usr/sbin/haproxy", os.X_OK) else None)
         if binary is None:
             raise BenchError("--haproxy: haproxy not found (apt-get install haproxy)")
@@ -274,7 +275,7 @@ class ByteRelay:
             "global\n    maxconn 4096\n    nbthread 1\n"
             "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1h\n    timeout server 1h\n"
             f"frontend clients\n    bind {HOST}:{self.port}\n    default_backend server\n"
-            f"backend server\n    server s1 {backend.host}:{backend.port}\n"
+            f"backend server\n    server s1 {backend.socket if via_socket else f'{backend.host}:{backend.port}'}\n"
         )
         self.proc: subprocess.Popen[bytes] | None = None
 

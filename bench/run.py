@@ -459,6 +459,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--one-session", action="store_true",
                     help="run MariaDB and the proxy in the benchmark's own session, with sysbench, instead of "
                          "one session each as separate services would run (see README)")
+    ap.add_argument("--backend-socket", action="store_true",
+                    help="the proxy (and haproxy) reach the server over its unix socket instead of TCP; "
+                         "sysbench still uses TCP, to the server directly and to the proxy")
     args = ap.parse_args(argv)
     if args.threads < 1 or args.time < 1 or args.pool < 1 or args.rounds < 1:
         ap.error("--threads, --rounds, --time and --pool must be positive")
@@ -489,9 +492,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{args.rounds} round{'s' if args.rounds != 1 else ''} of direct then proxy, {args.time} s per phase", flush=True)
 
             proxy = Proxy(db, SB_USER, SB_PASSWORD, pool=args.pool, queue_timeout=30, log_level=args.log_level,
-                          own_session=not args.one_session,
+                          own_session=not args.one_session, via_socket=args.backend_socket,
                           src_root=src)
-            relay = ByteRelay(db) if args.haproxy else None
+            relay = ByteRelay(db, via_socket=args.backend_socket) if args.haproxy else None
             try:
                 if relay is not None:
                     relay.__enter__()

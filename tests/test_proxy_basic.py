@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 import proxy as proxy_pkg
-from conftest import APP_DB, APP_PASSWORD, APP_USER, REPO_ROOT, run_cli
+from conftest import APP_DB, APP_PASSWORD, APP_USER, REPO_ROOT, free_port, run_cli
 
 NATIVE = "mysql_native_password"
 SHA2 = "caching_sha2_password"
@@ -490,6 +490,25 @@ def test_chained_proxies_backend_caching_sha2(mariadb, proxy_factory) -> None:
     # A first: B would otherwise wait its shutdown_timeout for A's links (pinned: they set the trackers).
     a.close_clients()
     assert a.stop() in (0, -15)
+
+
+def test_backend_over_the_servers_unix_socket(mariadb, proxy_factory) -> None:
+    """``backend.unix_socket`` wins over host/port: here host/port lead nowhere, so only the socket can work."""
+    p = proxy_factory({"backend": {"unix_socket": mariadb.socket, "host": "127.0.0.1", "port": free_port()}})
+    conn = p.connect()
+    with conn.cursor() as cur:
+        cur.execute("SELECT CURRENT_USER(), DATABASE()")
+        assert cur.fetchone() == (f"{APP_USER}@%", APP_DB)
+        cur.execute("BEGIN")  # keeps the link while the server is asked about it
+        cur.execute("SELECT 1")
+        # A socket connection shows as 'localhost'; a TCP one as 'host:port'.
+        hosts = mariadb.sql("SELECT HOST FROM information_schema.PROCESSLIST WHERE USER = %s", (APP_USER,))
+        assert hosts == (("localhost",),)
+        cur.execute("COMMIT")
+    rc, out, err = run_cli(p.port, APP_USER, APP_PASSWORD, "SELECT 40 + 2", APP_DB)
+    assert (rc, out) == (0, "42\n"), err
+    check = _run(["check", "-c", str(p.config_path)])
+    assert check.returncode == 0 and mariadb.socket in check.stdout, (check.stdout, check.stderr)
 
 
 def test_chained_proxies_wrong_backend_password_is_refused(mariadb, proxy_factory) -> None:
