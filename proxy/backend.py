@@ -82,9 +82,10 @@ class Reply:
         if not self.tracker.result_set:
             return []
         ncols = self.packets[0][0]
-        out = []
+        out: list[list[str | None]] = []
         for p in self.packets[ncols + 2 : -1]:
-            pos, row = 0, []
+            pos = 0
+            row: list[str | None] = []
             for _ in range(ncols):
                 if p[pos] == 0xFB:
                     row.append(None)

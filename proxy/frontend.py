@@ -18,20 +18,9 @@ from typing import TYPE_CHECKING
 
 from . import admin
 from .backend import CHARSET_FACTS, BackendLink, LinkLost, charset_values, reset_link
-from .mysql import auth
-from .mysql.constants import DEFAULT_COLLATION, SERVER_CAPS, SERVER_VERSION, Cap, Command, Err, Status
-from .mysql.messages import (
-    OK,
-    Handshake,
-    ServerError,
-    build_auth_switch,
-    build_eof,
-    build_err,
-    build_handshake,
-    build_ok,
-    parse_change_user,
-    parse_handshake_response,
-)
+from .login import Accepted, Login, Refused, Send, Step
+from .mysql.constants import SERVER_VERSION, Cap, Command, Err, Status
+from .mysql.messages import OK, ServerError, build_eof, build_err, build_ok
 from .mysql.packets import PacketReader, ProtocolError, frame
 from .mysql.responses import DONE, INFILE, NO_RESPONSE, TRACKED
 from .pool import PoolTimeout, Waiter
@@ -67,7 +56,7 @@ _BY_STATEMENT = frozenset({Command.STMT_EXECUTE, Command.STMT_FETCH, Command.STM
 _STATEMENTS = frozenset({Command.QUERY, Command.STMT_EXECUTE})
 # Errors after which the server closes the link.
 _LINK_CLOSING = frozenset({Err.CONNECTION_KILLED, Err.SERVER_LOST})
-_GREETING, _AUTH_SWITCHED, _COMMAND, _INFILE, _CLOSED = range(5)
+_LOGIN, _COMMAND, _INFILE, _CLOSED = range(4)
 MAX_PIPELINED = 16  # commands queued from one client before its socket is paused
 
 
@@ -83,17 +72,11 @@ class ClientConnection(asyncio.Protocol):
         self.busy = False
         self.connected_at = time.monotonic()
         self.idle_since = self.connected_at
-        self._phase = _GREETING
+        self._phase = _LOGIN
         self._reader = PacketReader(max_payload=server.config.max_allowed_packet)
         self._pending: deque[tuple[int, bytes]] = deque()
-        self._scramble = auth.new_scramble()
-        self._auth_plugin = server.config.listen.auth_plugin
-        self._auth_user = ""
-        self._auth_db: str | None = None
-        self._auth_collation = DEFAULT_COLLATION
-        self._auth_caps = 0
+        self._login: Login | None = None  # made once the peer is known
         self._handshake_timer: asyncio.TimerHandle | None = None
-        self._expect_seq = 1  # sequence id of the client's next authentication packet
         self._current: tuple[int, bytes, int, Classified | None] | None = None  # seq, payload, cmd, stmt
         # The statement a COM_STMT_* command in _current names, looked up once when it arrived.
         # The session's statements cannot change before it is sent: later commands queue behind it.
@@ -119,16 +102,9 @@ class ClientConnection(asyncio.Protocol):
         if len(self.server.clients) > self.server.config.listen.max_client_connections:
             self._fatal(Err.CON_COUNT, "Too many connections (mysql-pool-proxy max_client_connections reached)", seq=0)
             return
-        greeting = Handshake(
-            server_version=self.pool.server_version or SERVER_VERSION,
-            connection_id=self.proxy_id,
-            scramble=self._scramble,
-            capabilities=SERVER_CAPS,
-            collation=DEFAULT_COLLATION,
-            status=Status.AUTOCOMMIT,
-            auth_plugin=self._auth_plugin,
-        )
-        self._write(frame(build_handshake(greeting), 0))
+        cfg = self.server.config
+        self._login = Login(cfg.listen.auth_plugin, cfg.client_password, self.peer.rsplit(":", 1)[0])
+        self._write(self._login.greeting(self.pool.server_version or SERVER_VERSION, self.proxy_id))
         loop = asyncio.get_running_loop()
         self._handshake_timer = loop.call_later(self.server.config.listen.handshake_timeout, self._handshake_expired)
 
@@ -148,8 +124,8 @@ class ClientConnection(asyncio.Protocol):
                         self._command(seq, payload)  # the usual case: one command, nothing queued
                 elif phase == _INFILE:
                     self._infile_packet(seq, payload)
-                elif phase in (_GREETING, _AUTH_SWITCHED):
-                    self._auth_packet(seq, payload)
+                elif phase == _LOGIN:
+                    self._login_packet(seq, payload)
                 else:
                     return
             if pending:
@@ -216,86 +192,62 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()
 
     def _handshake_expired(self) -> None:
-        if self._phase in (_GREETING, _AUTH_SWITCHED):
+        if self._phase == _LOGIN:
             log.info("client %d (%s): no login within handshake_timeout; closing", self.proxy_id, self.peer)
             self._fatal(Err.HANDSHAKE, "Bad handshake: timed out", seq=0)
 
     # -- authentication -------------------------------------------------------------
 
-    def _auth_packet(self, seq: int, payload: bytes) -> None:
+    def _login_packet(self, seq: int, payload: bytes) -> None:
+        assert self._login is not None
         try:
-            if seq != self._expect_seq:
-                raise ProtocolError(f"packets out of order (sequence id {seq}, expected {self._expect_seq})")
-            if self._phase == _GREETING:
-                self._handshake_response(seq, payload)
-            else:
-                self._check_password(seq, payload, self._auth_plugin)
+            step = self._login.receive(seq, payload)
         except ProtocolError as e:
             log.warning("client %d (%s): bad handshake: %s", self.proxy_id, self.peer, e)
             self._fatal(Err.HANDSHAKE, f"Bad handshake: {e}", seq + 1)
-
-    def _handshake_response(self, seq: int, payload: bytes) -> None:
-        if len(payload) == 32 and int.from_bytes(payload[:4], "little") & Cap.SSL:
-            raise ProtocolError("TLS is not offered by this proxy")
-        resp = parse_handshake_response(payload)
-        self._auth_user = resp.user
-        self._auth_db = resp.database
-        self._auth_collation = resp.collation
-        self._auth_caps = resp.capabilities & SERVER_CAPS
-        plugin = resp.auth_plugin or auth.NATIVE
-        if plugin in (auth.NATIVE, auth.CACHING_SHA2) and (resp.auth_plugin or not resp.auth_response or plugin == self._auth_plugin):
-            self._auth_plugin = plugin
-            self._check_password(seq, resp.auth_response, plugin)
             return
-        # The client used a plugin we do not speak: ask it to switch to ours.
-        self._switch_plugin(seq)
+        self._login_step(step)
 
-    def _switch_plugin(self, seq: int) -> None:
-        self._phase = _AUTH_SWITCHED
-        self._expect_seq = seq + 2
-        self._write(frame(build_auth_switch(self._auth_plugin, self._scramble), seq + 1))
+    def _login_step(self, step: Step) -> None:
+        if type(step) is Send:
+            self._write(step.data)
+        elif type(step) is Refused:
+            assert self._login is not None
+            log.warning("client %d (%s): access denied for user '%s'", self.proxy_id, self.peer, self._login.user)
+            self._fatal(step.code, step.message, step.seq)
+        else:
+            assert type(step) is Accepted
+            self._write(step.data)
+            self._phase = _COMMAND  # commands that arrive while the login finishes are queued
+            self.busy = True
+            self.server.spawn(self._finish_login(step))
 
-    def _check_password(self, seq: int, response: bytes, plugin: str) -> None:
-        cfg = self.server.config
-        password = cfg.client_password(self._auth_user)
-        using = "YES" if response else "NO"
-        if password is None or not auth.verify(plugin, password, self._scramble, response):
-            log.warning("client %d (%s): access denied for user '%s'", self.proxy_id, self.peer, self._auth_user)
-            host = self.peer.rsplit(":", 1)[0]
-            self._fatal(Err.ACCESS_DENIED, f"Access denied for user '{self._auth_user}'@'{host}' (using password: {using})", seq + 1)
-            return
-        if plugin == auth.CACHING_SHA2 and password:
-            seq += 1
-            self._write(frame(bytes((0x01, auth.FAST_AUTH_OK)), seq))
-        self._phase = _COMMAND  # commands that arrive while the login finishes are queued
-        self.busy = True
-        self.server.spawn(self._finish_login(seq + 1))
-
-    async def _finish_login(self, seq: int) -> None:
+    async def _finish_login(self, login: Accepted) -> None:
         """Create the session; check the schema the client named exists (as the server would)."""
-        db = self._auth_db or self.server.config.backend.database
+        seq = login.ok_seq
+        db = login.database or self.server.config.backend.database
         self.session = Session(
             proxy_id=self.proxy_id,
-            user=self._auth_user,
-            client_caps=self._auth_caps,
-            state=LinkState(schema=db, multi_statements=bool(self._auth_caps & Cap.MULTI_STATEMENTS)),
+            user=login.user,
+            client_caps=login.caps,
+            state=LinkState(schema=db, multi_statements=bool(login.caps & Cap.MULTI_STATEMENTS)),
         )
-        self.session.state.variables.update(self.server.charset_variables(self._auth_collation))
+        self.session.state.variables.update(self.server.charset_variables(login.collation))
         # Links opened with CLIENT_FOUND_ROWS answer differently: the pool keeps them apart.
-        self._pool_key = bool(self._auth_caps & Cap.FOUND_ROWS)
+        self._pool_key = bool(login.caps & Cap.FOUND_ROWS)
         if self._handshake_timer:
             self._handshake_timer.cancel()
-        self.is_admin = bool(self.server.config.admin.user) and self._auth_user == self.server.config.admin.user
-        if self._auth_db and self._auth_db not in self.server.known_schemas and not self.is_admin:
+        self.is_admin = bool(self.server.config.admin.user) and login.user == self.server.config.admin.user
+        if login.database and login.database not in self.server.known_schemas and not self.is_admin:
             try:
                 link = await self.pool.acquire(self._pool_key)
             except PoolTimeout as e:
                 self._fatal(POOL_BUSY, e.message, seq)
                 return
             try:
-                await link.exchange([(Command.INIT_DB, self._auth_db.encode())])
-                link.state.schema = self._auth_db
-                self.server.known_schemas.add(self._auth_db)
+                await link.exchange([(Command.INIT_DB, login.database.encode())])
+                link.state.schema = login.database
+                self.server.known_schemas.add(login.database)
             except ServerError as e:
                 self.pool.release(link)
                 self._fatal(e.code, e.message, seq)
@@ -307,8 +259,8 @@ class ClientConnection(asyncio.Protocol):
             self.pool.release(link)
         if self._phase == _CLOSED:
             return
-        log.debug("client %d (%s) logged in as %s", self.proxy_id, self.peer, self._auth_user)
-        self._write(frame(build_ok(OK(status=Status.AUTOCOMMIT), self._auth_caps), seq))
+        log.debug("client %d (%s) logged in as %s", self.proxy_id, self.peer, login.user)
+        self._write(frame(build_ok(OK(status=Status.AUTOCOMMIT), login.caps), seq))
         self._done()
 
     # -- the command loop ---------------------------------------------------------------
@@ -416,7 +368,7 @@ class ClientConnection(asyncio.Protocol):
     def _lease(self) -> None:
         """A link for the current command: now, or when the pool calls back."""
         got = self.pool.lease(self._pool_key, self._on_lease)
-        if type(got) is BackendLink:
+        if isinstance(got, BackendLink):
             self._leased(got)
         else:
             self._waiter = got  # queued: _on_lease gets the link
@@ -756,7 +708,8 @@ class ClientConnection(asyncio.Protocol):
         await self._drop_link_state()
         schema = session.state.schema
         session.state = LinkState(schema=schema, multi_statements=session.state.multi_statements)
-        session.state.variables.update(self.server.charset_variables(self._auth_collation))
+        assert self._login is not None
+        session.state.variables.update(self.server.charset_variables(self._login.collation))
         session.forget_link_state()
         session.statements.clear()
         self._write(frame(build_ok(OK(status=Status.AUTOCOMMIT), session.client_caps), seq + 1))
@@ -764,22 +717,16 @@ class ClientConnection(asyncio.Protocol):
 
     async def _change_user(self, seq: int, payload: bytes) -> None:
         """COM_CHANGE_USER: authenticate again, then start a fresh session."""
+        assert self._login is not None
         try:
-            change = parse_change_user(payload, self.session.client_caps if self.session else Cap.SECURE_CONNECTION)
+            step = self._login.change_user(seq, payload)
         except ProtocolError:
             self._fatal(Err.HANDSHAKE, "Bad COM_CHANGE_USER packet", seq + 1)
             return
         await self._drop_link_state()
-        self._auth_user = change.user
-        self._auth_db = change.database
-        self._auth_collation = change.collation or self._auth_collation
         self.session = None
-        self._phase = _GREETING
-        if change.auth_plugin not in (auth.NATIVE, auth.CACHING_SHA2):
-            self._switch_plugin(seq)
-            return
-        self._auth_plugin = change.auth_plugin
-        self._check_password(seq, change.auth_response, change.auth_plugin)
+        self._phase = _LOGIN
+        self._login_step(step)
 
     # -- KILL ---------------------------------------------------------------------------------
 

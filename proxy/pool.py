@@ -184,7 +184,7 @@ class Pool:
                 fut.set_exception(error or PoolTimeout("no link"))
 
         got = self.lease(key, done)
-        if type(got) is BackendLink:
+        if isinstance(got, BackendLink):
             return got
         try:
             return await fut

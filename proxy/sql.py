@@ -117,11 +117,11 @@ def _classify_lowered(sql: bytes) -> Classified | None:
     for m in _DEALLOCATE.finditer(sql):
         out.kind |= Kind.DEALLOCATE
         out.names.append(m.group(1).decode())
-    m = _KILL.search(sql)
-    if m:
+    kill = _KILL.search(sql)
+    if kill:
         out.kind |= Kind.KILL
-        out.kill_id = int(m.group(3))
-        out.kill_query_only = bool(m.group(2)) and m.group(2).lower() == b"query"
+        out.kill_id = int(kill.group(3))
+        out.kill_query_only = bool(kill.group(2)) and kill.group(2).lower() == b"query"
     return out if out.kind else None
 
 
