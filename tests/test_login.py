@@ -9,6 +9,8 @@ from __future__ import annotations
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.login import Accepted, Login, Refused, Send
 from proxy.mysql import auth
@@ -164,3 +166,50 @@ def test_malformed_change_user_is_a_protocol_error() -> None:
     assert isinstance(lg.receive(1, response(lg)), Accepted)
     with pytest.raises(ProtocolError):
         lg.change_user(0, b"\x11app")  # no NUL after the name
+
+
+# --------------------------------------------------------------------------- bad input
+
+def _mutations(draw: st.DrawFn) -> tuple[int, bytes]:
+    """A handshake response, cut short or with bytes overwritten, or plain noise."""
+    lg = login()
+    good = response(lg, plugin=draw(st.sampled_from([auth.NATIVE, auth.CACHING_SHA2, "dialog", None])))
+    kind = draw(st.sampled_from(["cut", "overwrite", "noise"]))
+    if kind == "cut":
+        data = good[: draw(st.integers(0, len(good)))]
+    elif kind == "overwrite":
+        data = bytearray(good)
+        for _ in range(draw(st.integers(1, 8))):
+            data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+        data = bytes(data)
+    else:
+        data = draw(st.binary(max_size=200))
+    return draw(st.integers(0, 3)), data
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.composite(_mutations)(), st.composite(_mutations)())
+def test_any_login_bytes_get_an_answer_or_a_protocol_error(first: tuple[int, bytes], second: tuple[int, bytes]) -> None:
+    """Whatever a client sends while logging in, the machine answers or raises ProtocolError (which the
+    frontend turns into a 'Bad handshake' error packet): never another exception."""
+    lg = login()
+    for seq, data in (first, second):
+        try:
+            step = lg.receive(seq, data)
+        except ProtocolError:
+            return
+        assert isinstance(step, Send | Accepted | Refused)
+        if not isinstance(step, Send):
+            return
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=120))
+def test_any_change_user_bytes_get_an_answer_or_a_protocol_error(payload: bytes) -> None:
+    lg = login()
+    assert isinstance(lg.receive(1, response(lg)), Accepted)
+    try:
+        step = lg.change_user(0, b"\x11" + payload)
+    except ProtocolError:
+        return
+    assert isinstance(step, Send | Accepted | Refused)
