@@ -2,29 +2,39 @@
 
 An operator logs in with the admin user on the proxy's own port
 (``mariadb -h127.0.0.1 -P3307 -uadmin -p``); statements are answered here, never
-sent to the server. Each answer is a list of payloads for the frontend to frame.
+sent to the server. Each answer is a list of payloads for the frontend to frame (an
+ERR payload for a statement it does not know).
 """
 
 from __future__ import annotations
 
 import re
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .mysql.constants import Status
-from .mysql.messages import OK, build_ok, build_result_set
+from .mysql.messages import OK, build_err, build_ok, build_result_set
 
 if TYPE_CHECKING:
-    from .server import ProxyServer
+    from .config import Config
+    from .frontend import ClientConnection
+    from .pool import Pool
+
+ER_PARSE_ERROR = 1064
 
 HELP = "SHOW POOLS | SHOW CLIENTS | SHOW BACKENDS | SHOW STATS | SHOW CONFIG | RELOAD | PAUSE | RESUME | SHOW HELP"
 
 
-class AdminError(Exception):
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.code = 1064
-        self.message = message
+class ConsoleContext(Protocol):
+    """What the console reports on and acts on; ProxyServer (server.py) is the one."""
+
+    config: Config
+    pool: Pool
+    clients: dict[int, ClientConnection]
+    account_limit: int | None
+    clients_total: int
+
+    def reload(self) -> None: ...
 
 
 def _result(columns: list[str], rows: list[list[object]], numeric: set[str] | None = None) -> list[bytes]:
@@ -35,7 +45,7 @@ def _ok(message: str, caps: int) -> list[bytes]:
     return [build_ok(OK(status=Status.AUTOCOMMIT, info=message.encode()), caps)]
 
 
-def show_pools(server: ProxyServer) -> list[bytes]:
+def show_pools(server: ConsoleContext) -> list[bytes]:
     snap = server.pool.snapshot()
     snap["account_limit"] = server.account_limit  # the server's max_user_connections for the account
     cols = list(snap)
@@ -43,7 +53,7 @@ def show_pools(server: ProxyServer) -> list[bytes]:
     return _result(cols, [[snap[c] for c in cols]], numeric)
 
 
-def show_clients(server: ProxyServer) -> list[bytes]:
+def show_clients(server: ConsoleContext) -> list[bytes]:
     now = time.monotonic()
     rows: list[list[object]] = []
     for client in list(server.clients.values()):
@@ -59,7 +69,7 @@ def show_clients(server: ProxyServer) -> list[bytes]:
     return _result(cols, rows, {"id", "backend_thread", "statements", "links_returned"})
 
 
-def show_backends(server: ProxyServer) -> list[bytes]:
+def show_backends(server: ConsoleContext) -> list[bytes]:
     now = time.monotonic()
     pool = server.pool
     idle = {id(link) for links in pool.idle.values() for link in links}
@@ -74,7 +84,7 @@ def show_backends(server: ProxyServer) -> list[bytes]:
     return _result(cols, rows, {"thread_id", "client", "statements", "found_rows"})
 
 
-def show_stats(server: ProxyServer) -> list[bytes]:
+def show_stats(server: ConsoleContext) -> list[bytes]:
     stats = server.pool.stats
     sessions = [c.session for c in server.clients.values() if c.session is not None]
     rows: list[list[object]] = [
@@ -93,7 +103,7 @@ def show_stats(server: ProxyServer) -> list[bytes]:
     return _result(["name", "value"], rows)
 
 
-def show_config(server: ProxyServer) -> list[bytes]:
+def show_config(server: ConsoleContext) -> list[bytes]:
     cfg = server.config
     rows: list[list[object]] = []
     for section in ("listen", "backend", "pool"):
@@ -114,8 +124,8 @@ _COMMANDS = {
 }
 
 
-def execute(server: ProxyServer, sql: str, caps: int) -> list[bytes]:
-    """Answer one admin statement; raises AdminError for anything else."""
+def execute(server: ConsoleContext, sql: str, caps: int) -> list[bytes]:
+    """Answer one admin statement: a result set, an OK, or an ERR for anything else."""
     stmt = re.sub(r"\s+", " ", sql.strip().rstrip(";").strip()).lower()
     if stmt in _COMMANDS:
         return _COMMANDS[stmt](server)
@@ -136,4 +146,4 @@ def execute(server: ProxyServer, sql: str, caps: int) -> list[bytes]:
     if stmt.startswith("select @@version_comment"):
         # The mariadb / mysql command-line clients ask this on connect.
         return _result(["@@version_comment"], [["mysql-pool-proxy admin console"]])
-    raise AdminError(f"admin console: unknown command; use one of: {HELP}")
+    return [build_err(ER_PARSE_ERROR, f"admin console: unknown command; use one of: {HELP}")]

@@ -13,17 +13,17 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine, Sequence
+from typing import Any, Protocol
 
-from . import admin
 from .backend import CHARSET_FACTS, BackendLink, LinkLost, charset_values, reset_link
 from .login import Accepted, Login, Refused, Send, Step
 from .mysql.constants import SERVER_VERSION, Cap, Command, Err, Status
 from .mysql.messages import OK, ServerError, build_eof, build_err, build_ok
 from .mysql.packets import PacketReader, ProtocolError, frame
 from .mysql.responses import DONE, INFILE, NO_RESPONSE, TRACKED
-from .pool import PoolTimeout, Waiter
+from .config import Config
+from .pool import Pool, PoolTimeout, Waiter
 from .mysql.stmt import bind_execute, statement_id, with_statement_id
 from .session import (
     PIN_CURSOR,
@@ -36,9 +36,6 @@ from .session import (
     replay_commands,
 )
 from .sql import Classified, Kind, classify, rewrite_call, rewrite_connection_id
-
-if TYPE_CHECKING:
-    from .server import ProxyServer
 
 log = logging.getLogger("proxy.client")
 
@@ -60,8 +57,30 @@ _LOGIN, _COMMAND, _INFILE, _CLOSED = range(4)
 MAX_PIPELINED = 16  # commands queued from one client before its socket is paused
 
 
+class ClientContext(Protocol):
+    """What a client connection uses of the proxy around it; ProxyServer (server.py) is the one.
+
+    Named here, not imported, so the frontend depends on nothing above it.
+    """
+
+    config: Config
+    pool: Pool
+    clients: dict[int, ClientConnection]
+    known_schemas: set[str]
+
+    def next_client_id(self) -> int: ...
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None: ...
+
+    def charset_variables(self, collation_id: int) -> dict[str, str]: ...
+
+    async def kill_backend_thread(self, thread_id: int, query_only: bool) -> None: ...
+
+    def admin_statement(self, sql: str, caps: int) -> list[bytes]: ...
+
+
 class ClientConnection(asyncio.Protocol):
-    def __init__(self, server: ProxyServer) -> None:
+    def __init__(self, server: ClientContext) -> None:
         self.server = server
         self.pool = server.pool
         self.proxy_id = server.next_client_id()
@@ -544,11 +563,7 @@ class ClientConnection(asyncio.Protocol):
     def _admin_command(self, seq: int, cmd: int, payload: bytes) -> None:
         caps = self.session.client_caps if self.session else 0
         if cmd == Command.QUERY:
-            try:
-                replies = admin.execute(self.server, payload[1:].decode(errors="replace"), caps)
-            except admin.AdminError as e:
-                self.send_error(e.code, e.message, seq + 1)
-                return
+            replies = self.server.admin_statement(payload[1:].decode(errors="replace"), caps)
             self._write(b"".join(frame(p, seq + 1 + i) for i, p in enumerate(replies)))
         elif cmd in (Command.PING, Command.INIT_DB):
             self._write(frame(build_ok(OK(), caps), seq + 1))

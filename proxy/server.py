@@ -12,6 +12,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
+from . import admin
 from . import config as config_mod
 from .backend import BackendLink, LinkLost, open_link
 from .config import Config
@@ -78,6 +79,10 @@ class ProxyServer:
 
     async def _connect(self, key: bool, on_idle_death: Any, timeout: float) -> BackendLink:
         return await open_link(self.config.backend, found_rows=key, timeout=timeout, on_idle_death=on_idle_death)
+
+    def admin_statement(self, sql: str, caps: int) -> list[bytes]:
+        """The admin console's answer to one statement (payloads to frame)."""
+        return admin.execute(self, sql, caps)
 
     def charset_variables(self, collation_id: int) -> dict[str, str]:
         """The character-set variables a client's handshake collation sets (as the server would)."""

@@ -182,6 +182,21 @@ def test_account_with_max_user_connections_3_never_gives_1226(mariadb, proxy_fac
         assert re.search(r"max_connections 5 exceeds the account's limit of 3", p.log()), p.log()[-3000:]
 
 
+def test_admin_console_refuses_what_it_does_not_know_and_goes_on(proxy_factory) -> None:
+    p = proxy_factory(ADMIN)
+    console = pymysql.connect(host=p.host, port=p.port, user="pooladmin", password="pooladmin-pw")
+    with console.cursor() as cur:
+        with pytest.raises(pymysql.err.ProgrammingError) as ei:
+            cur.execute("DROP TABLE important")  # never sent to the server
+        code, message = ei.value.args
+        assert code == 1064 and "unknown command" in message and "SHOW POOLS" in message, message
+        cur.execute("SHOW POOLS")
+        assert int(dict(zip([d[0] for d in cur.description], cur.fetchone()))["cap"]) == 5
+    console.close()
+    rc, out, err = run_cli(p.port, "pooladmin", "pooladmin-pw", "SELECT 1")
+    assert rc == 1 and "ERROR 1064" in err and "unknown command" in err, (out, err)
+
+
 # --------------------------------------------------------------------------- the queue
 
 
