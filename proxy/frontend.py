@@ -17,12 +17,12 @@ from collections.abc import Coroutine, Sequence
 from typing import Any, Protocol
 
 from .backend import CHARSET_FACTS, BackendLink, LinkLost, charset_values, reset_link
+from .config import Config
 from .login import Accepted, Login, Refused, Send, Step
 from .mysql.constants import SERVER_VERSION, Cap, Command, Err, Status
 from .mysql.messages import OK, ServerError, build_eof, build_err, build_ok
 from .mysql.packets import PacketReader, ProtocolError, frame
 from .mysql.responses import DONE, INFILE, NO_RESPONSE, TRACKED
-from .config import Config
 from .pool import Pool, PoolTimeout, Waiter
 from .mysql.stmt import bind_execute, statement_id, with_statement_id
 from .session import (
@@ -124,8 +124,7 @@ class ClientConnection(asyncio.Protocol):
         if len(self.server.clients) > self.server.config.listen.max_client_connections:
             self._fatal(Err.CON_COUNT, "Too many connections (mysql-pool-proxy max_client_connections reached)", seq=0)
             return
-        cfg = self.server.config
-        self._login = Login(cfg.listen.auth_plugin, cfg.client_password, self.peer.rsplit(":", 1)[0])
+        self._login = Login(self.server.config.listen.auth_plugin, self._password_of, self.peer.rsplit(":", 1)[0])
         self._write(self._login.greeting(self.pool.server_version or SERVER_VERSION, self.proxy_id))
         loop = asyncio.get_running_loop()
         self._handshake_timer = loop.call_later(self.server.config.listen.handshake_timeout, self._handshake_expired)
@@ -218,7 +217,12 @@ class ClientConnection(asyncio.Protocol):
             log.info("client %d (%s): no login within handshake_timeout; closing", self.proxy_id, self.peer)
             self._fatal(Err.HANDSHAKE, "Bad handshake: timed out", seq=0)
 
-    # -- authentication -------------------------------------------------------------
+    # -- login ------------------------------------------------------------------------
+
+    def _password_of(self, user: str) -> str | None:
+        # Looked up when the password is checked: a reload's new passwords apply to logins and
+        # COM_CHANGE_USER from then on, also on connections opened before it.
+        return self.server.config.client_password(user)
 
     def _login_packet(self, seq: int, payload: bytes) -> None:
         assert self._login is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import threading
 
 import pymysql
@@ -9,6 +10,7 @@ import pytest
 from pymysql.constants import CLIENT
 
 from conftest import APP_DB, APP_PASSWORD, APP_USER
+from proxy.mysql.auth import native_scramble
 
 
 def _admin(p):
@@ -199,26 +201,44 @@ def test_reset_connection_and_change_user(mariadb, shared):
     assert _clients(p)[conn.thread_id()][4] is None
 
 
-def test_change_user_wrong_password_is_refused(shared):
-    import struct
-
-    from proxy.mysql.auth import native_scramble
-
-    conn = shared.connect()
-    # COM_CHANGE_USER: user, scramble (length-prefixed), database, collation, plugin.
-    bad = native_scramble("wrong", conn.salt)
-    payload = APP_USER.encode() + b"\0" + bytes((len(bad),)) + bad + APP_DB.encode() + b"\0" + struct.pack("<H", 45) + b"mysql_native_password\0"
+def _change_user(conn, user: str, password: str) -> None:
+    """COM_CHANGE_USER on a PyMySQL connection (PyMySQL has no API for it); raises on an ERR."""
+    answer = native_scramble(password, conn.salt)
+    payload = (user.encode() + b"\0" + bytes((len(answer),)) + answer + APP_DB.encode() + b"\0"
+               + struct.pack("<H", 45) + b"mysql_native_password\0")
     conn._execute_command(0x11, payload)
+    assert conn._read_packet().is_ok_packet()
+
+
+def test_change_user_wrong_password_is_refused(shared):
+    conn = shared.connect()
     with pytest.raises(pymysql.err.OperationalError) as e:
-        conn._read_packet()
+        _change_user(conn, APP_USER, "wrong")
     assert e.value.args[0] == 1045
     good = shared.connect()
-    payload = APP_USER.encode() + b"\0" + bytes((20,)) + native_scramble(APP_PASSWORD, good.salt) + APP_DB.encode() + b"\0" + struct.pack("<H", 45) + b"mysql_native_password\0"
-    good._execute_command(0x11, payload)
-    assert good._read_packet().is_ok_packet()
+    _change_user(good, APP_USER, APP_PASSWORD)
     with good.cursor() as cur:
         cur.execute("SELECT CURRENT_USER(), DATABASE()")
         assert cur.fetchone() == (f"{APP_USER}@%", APP_DB)
+
+
+def test_change_user_after_a_reload_checks_the_new_password(proxy_factory):
+    """Passwords are looked up at each check, so a reload reaches connections opened before it."""
+    p = proxy_factory({"users": [{"user": "webapp", "password": "old-pw"}]})
+    before = [p.connect(user="webapp", password="old-pw") for _ in range(2)]
+    p.rewrite_config({"users": [{"user": "webapp", "password": "new-pw"}]})
+    p.reload()
+    p.wait_log("config reloaded")
+    with pytest.raises(pymysql.err.OperationalError) as e:
+        _change_user(before[0], "webapp", "old-pw")
+    assert e.value.args[0] == 1045
+    _change_user(before[1], "webapp", "new-pw")
+    with before[1].cursor() as cur:
+        cur.execute("SELECT DATABASE()")
+        assert cur.fetchone() == (APP_DB,)
+    with pytest.raises(pymysql.err.OperationalError):
+        p.connect(user="webapp", password="old-pw")
+    p.connect(user="webapp", password="new-pw").close()
 
 
 def test_follow_up_on_its_own_untouched_link_keeps_found_rows_and_row_count(mariadb, proxy_factory):
