@@ -396,7 +396,7 @@ async def _authenticate(link: BackendLink, cfg: BackendConfig) -> None:
     caps &= hs.capabilities | Cap.LONG_PASSWORD | Cap.FOUND_ROWS
     if not hs.capabilities & Cap.SESSION_TRACK:
         raise ProtocolError("the server does not support CLIENT_SESSION_TRACK (MySQL 5.7+ / MariaDB 10.2+ needed)")
-    plugin = hs.auth_plugin if hs.auth_plugin in (auth.NATIVE, auth.CACHING_SHA2) else auth.NATIVE
+    plugin = hs.auth_plugin if hs.auth_plugin in auth.SCRAMBLE_PLUGINS else auth.NATIVE
     scramble = hs.scramble
     response = HandshakeResponse(
         capabilities=caps,

@@ -17,8 +17,6 @@ from .mysql.constants import DEFAULT_COLLATION, SERVER_CAPS, Cap, Err, Status
 from .mysql.messages import Handshake, build_auth_switch, build_handshake, parse_change_user, parse_handshake_response
 from .mysql.packets import ProtocolError, frame
 
-SPOKEN = (auth.NATIVE, auth.CACHING_SHA2)  # plugins the proxy verifies itself; others get an auth switch
-
 
 @dataclass(frozen=True)
 class Send:
@@ -96,7 +94,7 @@ class Login:
         self.caps = resp.capabilities & SERVER_CAPS
         plugin = resp.auth_plugin or auth.NATIVE
         # A client that names no plugin scrambled for the one offered (or sent no password at all).
-        if plugin in SPOKEN and (resp.auth_plugin or not resp.auth_response or plugin == self.plugin):
+        if plugin in auth.SCRAMBLE_PLUGINS and (resp.auth_plugin or not resp.auth_response or plugin == self.plugin):
             self.plugin = plugin
             return self._check(seq, resp.auth_response, plugin)
         return self._switch(seq)
@@ -107,7 +105,7 @@ class Login:
         self.user, self.database = change.user, change.database
         self.collation = change.collation or self.collation
         self._phase = _ANSWER
-        if change.auth_plugin not in SPOKEN:
+        if change.auth_plugin not in auth.SCRAMBLE_PLUGINS:
             return self._switch(seq)
         self.plugin = change.auth_plugin
         return self._check(seq, change.auth_response, change.auth_plugin)

@@ -70,7 +70,7 @@ PIN_NEXT_STATEMENT = "diagnostics of the last statement"  # warnings, errors, FO
 PIN_NEXT_TRANSACTION = "SET TRANSACTION"  # characteristics of the next transaction
 
 
-@dataclass(eq=False)
+@dataclass
 class LinkState:
     """The replayable state of a link (or the state a session wants)."""
 
@@ -79,17 +79,10 @@ class LinkState:
     multi_statements: bool = False
 
     def same_as(self, other: LinkState) -> bool:
-        # Compared on every lease: field by field, without the tuples dataclass equality builds,
+        # Compared on every lease: field by field, without the tuples the generated == builds,
         # and called as a method: the != operator on a class costs more than the comparison itself.
         return (self.schema == other.schema and self.multi_statements == other.multi_statements
                 and self.variables == other.variables)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, LinkState):
-            return NotImplemented
-        return self.same_as(other)
-
-    __hash__ = None  # type: ignore[assignment]  # mutable, as with the generated __eq__
 
     def copy(self) -> LinkState:
         return LinkState(self.schema, dict(self.variables), self.multi_statements)

@@ -13,6 +13,9 @@ import os
 NATIVE = "mysql_native_password"
 CACHING_SHA2 = "caching_sha2_password"
 CLEAR = "mysql_clear_password"
+# The plugins answered with a scramble of the password, which the proxy computes and checks
+# itself; a peer naming another plugin is asked (or answered) with one of these.
+SCRAMBLE_PLUGINS = (NATIVE, CACHING_SHA2)
 
 # caching_sha2_password AuthMoreData codes
 FAST_AUTH_OK = 0x03
