@@ -1,4 +1,4 @@
-"""Command line: ``mysql-pool-proxy run -c FILE`` and ``mysql-pool-proxy check -c FILE``."""
+"""Command line: ``mysql-pool-proxy run|check|health -c FILE``."""
 
 from __future__ import annotations
 
@@ -6,19 +6,35 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
+import socket
 import sys
 
 from . import __version__
 from . import config as config_mod
+from .mysql.constants import Err
+from .mysql.messages import ServerError, parse_handshake
+from .mysql.packets import PacketReader, ProtocolError
 
 log = logging.getLogger("proxy")
 
 
+def _stderr_is_the_journal() -> bool:
+    """systemd names the journal stream it connected in JOURNAL_STREAM ("device:inode")."""
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return os.environ.get("JOURNAL_STREAM") == f"{st.st_dev}:{st.st_ino}"
+
+
 def _setup_logging(level: str) -> None:
+    # The journal stamps every line itself; a second timestamp would only widen them.
+    stamp = "" if _stderr_is_the_journal() else "%(asctime)s "
     logging.basicConfig(
         stream=sys.stderr,
         level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=stamp + "%(levelname)s %(name)s: %(message)s",
     )
 
 
@@ -45,16 +61,62 @@ def cmd_check(cfg: config_mod.Config, path: str) -> int:
     return 0
 
 
+# A wildcard listen address is reached over loopback.
+_LOOPBACK_FOR = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
+
+
+def cmd_health(listen: config_mod.ListenConfig, timeout: float) -> int:
+    """Healthy (0) when the configured listen address answers with a protocol 10 greeting.
+
+    For container health checks and monitoring: it reads the port from the same config the
+    proxy runs with, so changing ``listen.port`` cannot leave a check probing the old one. It
+    sends nothing and closes after the greeting (the proxy logs that at debug level only).
+    A proxy at ``max_client_connections`` greets with ERR 1040: it is busy, not broken, and
+    stays healthy, so that an orchestrator does not restart it and drop every client.
+    """
+    host = _LOOPBACK_FOR.get(listen.host, listen.host)
+    where = f"{host}:{listen.port}"
+    reader = PacketReader(max_payload=1 << 16)
+    try:
+        with socket.create_connection((host, listen.port), timeout) as sock:
+            sock.settimeout(timeout)
+            packets: list[tuple[int, bytes]] = []
+            while not packets:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    raise ProtocolError("closed before the greeting")
+                packets = reader.feed(chunk)
+        greeting = parse_handshake(packets[0][1])
+    except ServerError as e:
+        print(f"mysql-pool-proxy: {where} answered with error {e.code}: {e.message}", file=sys.stderr)
+        return 0 if e.code == Err.CON_COUNT else 1
+    except (OSError, ProtocolError) as e:
+        print(f"mysql-pool-proxy: {where} is not serving: {e}", file=sys.stderr)
+        return 1
+    print(f"{where}: {greeting.server_version}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mysql-pool-proxy", description="MySQL/MariaDB connection pooler")
     parser.add_argument("--version", action="version", version=f"mysql-pool-proxy {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("run", "serve clients"), ("check", "validate the config and print what it would do")):
+    commands = (
+        ("run", "serve clients"),
+        ("check", "validate the config and print what it would do"),
+        ("health", "exit 0 if the proxy configured in FILE answers with a greeting (for health checks)"),
+    )
+    for name, text in commands:
         p = sub.add_parser(name, help=text)
         p.add_argument("-c", "--config", default=config_mod.DEFAULT_PATH, help=f"YAML file (default {config_mod.DEFAULT_PATH})")
-        p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="overrides log_level")
+        if name == "health":
+            p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the greeting (default 3)")
+        else:
+            p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="overrides log_level")
     args = parser.parse_args(argv)
     try:
+        if args.command == "health":
+            return cmd_health(config_mod.load_listen(args.config), args.timeout)
         cfg = config_mod.load(args.config)
     except config_mod.ConfigError as e:
         print(f"mysql-pool-proxy: config error: {e}", file=sys.stderr)

@@ -266,15 +266,33 @@ def _check(ok: bool, path: str, problem: str) -> None:
         raise ConfigError(f"{path}: {problem}")
 
 
-def load(path: str | os.PathLike[str]) -> Config:
-    """Read and validate a YAML file."""
+def _read_yaml(path: str | os.PathLike[str]) -> Any:
     p = Path(path)
     try:
         text = p.read_text()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
     try:
-        raw = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    return parse(raw, str(path))
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a YAML file."""
+    return parse(_read_yaml(path), str(path))
+
+
+def load_listen(path: str | os.PathLike[str]) -> ListenConfig:
+    """Only the ``listen`` section: where the proxy that FILE configures can be reached.
+
+    For ``health``, which probes a running proxy from outside its service: it needs no
+    password, so it must not fail on one that only the service's environment provides
+    (``${MYSQL_PASSWORD}`` from an EnvironmentFile, a systemd credential).
+    """
+    raw = _read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    listen: ListenConfig = _section(ListenConfig, raw.get("listen"), "listen", [])
+    _check(0 < listen.port < 65536, "listen.port", "must be between 1 and 65535")
+    return listen

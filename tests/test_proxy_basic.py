@@ -629,3 +629,55 @@ def test_check_missing_file(tmp_path: Path) -> None:
     assert r.returncode != 0
     assert str(missing) in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_health_answers_for_the_proxy_its_config_names(proxy_factory, tmp_path: Path) -> None:
+    """``health -c FILE``: 0 while that proxy greets (a full one too), 1 with the reason once it is gone."""
+    p = proxy_factory({"listen": {"max_client_connections": 1}})
+    ok = _run(["health", "-c", str(p.config_path)])
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith(f"127.0.0.1:{p.port}: ") and "MariaDB" in ok.stdout, ok.stdout
+    # It needs no password: one only the service's environment gives (an EnvironmentFile) is no error.
+    env_only = dict(p.config, backend={**p.config["backend"], "password": "${MPP_TEST_UNSET}"})
+    ok = _run(["health", "-c", str(_write(tmp_path, env_only, "env-only.yaml"))])
+    assert ok.returncode == 0, ok.stderr
+
+    # Full: the greeting is the proxy's ERR 1040. Busy, not broken: healthy, and it says why.
+    held = p.connect()
+    full = _run(["health", "-c", str(p.config_path)])
+    assert full.returncode == 0 and "error 1040" in full.stderr, (full.stdout, full.stderr)
+    held.close()
+
+    assert p.stop() in (0, -15)
+    gone = _run(["health", "-c", str(p.config_path)])
+    assert gone.returncode == 1 and f"127.0.0.1:{p.port} is not serving" in gone.stderr, gone.stderr
+    assert "Traceback" not in gone.stderr
+
+
+def test_health_probes_a_wildcard_listen_address_over_loopback(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    cfg = _good_config() | {"listen": {"host": "0.0.0.0", "port": port}}
+    r = _run(["health", "-c", str(_write(tmp_path, cfg)), "--timeout", "1"])
+    assert r.returncode == 1 and f"127.0.0.1:{port} is not serving" in r.stderr, r.stderr
+
+
+def test_log_lines_carry_no_timestamp_when_stderr_is_the_journal(tmp_path: Path) -> None:
+    """Under systemd, JOURNAL_STREAM names stderr's device:inode, and journald stamps each line itself."""
+    code = "import logging; from proxy import cli; cli._setup_logging('info'); logging.getLogger('proxy').info('hello')"
+    lines = {}
+    for case in ("journal", "file", "another stream"):
+        path = tmp_path / f"{case}.log"
+        path.touch()
+        st = path.stat()
+        env = dict(os.environ)
+        env.pop("JOURNAL_STREAM", None)
+        if case == "journal":
+            env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
+        elif case == "another stream":
+            env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino + 1}"
+        with open(path, "wb") as err:
+            subprocess.run([sys.executable, "-c", code], stderr=err, cwd=REPO_ROOT, env=env, check=True, timeout=30)
+        lines[case] = path.read_text().strip()
+    assert lines["journal"] == "INFO proxy: hello"
+    for case in ("file", "another stream"):
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO proxy: hello", lines[case]), lines
