@@ -410,6 +410,8 @@ _PACKET = st.one_of(
                                 (b"\xfe", False)], 1)
 @example(Command.QUERY, [(b"\xfc\x01", False), (b"c", False), (b"\xfe\x00\x00\x02\x00\x00", False), (b"\xfb", False)], 0)
 @example(Command.QUERY, [(b"\x00\x00\x00\x02@\x00\x00\x00\x16\x00", True)], 0)
+# A big packet led by 0xFE where the EOF after the column definitions belongs: not an EOF.
+@example(Command.QUERY, [(b"\x02", False), (b"", False), (b"", False), (b"\xfe", True)], 0)
 def test_garbage_gives_events_or_protocol_error(cmd: int, packets: list[tuple[bytes, bool]], with_track: int) -> None:
     """Random packets (some shown as the prefix of a big packet, as the scanner does) never crash the tracker."""
     tr = ResponseTracker(client_caps=Cap.SESSION_TRACK if with_track else 0)
