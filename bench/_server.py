@@ -158,7 +158,8 @@ class Proxy:
 
     def __init__(self, backend: MariaDB, user: str, password: str, pool: int = 8, queue_timeout: float = 30,
                  log_level: str = "info", extra: dict[str, Any] | None = None,
-                 src_root: Path = REPO_ROOT, own_session: bool = True, via_socket: bool = False) -> None:
+                 src_root: Path = REPO_ROOT, own_session: bool = True, via_socket: bool = False,
+                 client_socket: bool = False) -> None:
         self.src_root = src_root
         self.own_session = own_session
         self.host = HOST
@@ -174,6 +175,10 @@ class Proxy:
             "pool": {"max_connections": pool, "queue_timeout": queue_timeout, "connect_timeout": 5},
             "shutdown_timeout": 5,
         }
+        # client_socket: sysbench comes in over listen.unix_socket (client_address) instead of TCP.
+        self.socket_path = str(self.base / "proxy.sock") if client_socket else None
+        if self.socket_path:
+            self.config["listen"]["unix_socket"] = self.socket_path
         for section, values in (extra or {}).items():
             if isinstance(values, dict):
                 self.config.setdefault(section, {}).update(values)
@@ -230,6 +235,11 @@ class Proxy:
         return self.proc.pid
 
     @property
+    def client_address(self) -> int | str:
+        """Where sysbench connects: the unix socket path with ``client_socket``, else the TCP port."""
+        return self.socket_path or self.port
+
+    @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -263,7 +273,7 @@ class ByteRelay:
     its own, like the proxy.
     """
 
-    def __init__(self, backend: MariaDB, via_socket: bool = False) -> None:
+    def __init__(self, backend: MariaDB, via_socket: bool = False, client_socket: bool = False) -> None:
         binary = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.access("/usr/sbin/haproxy", os.X_OK) else None)
         if binary is None:
             raise BenchError("--haproxy: haproxy not found (apt-get install haproxy)")
@@ -271,10 +281,12 @@ class ByteRelay:
         self.port = free_port()
         self.base = Path(tempfile.mkdtemp(prefix="mpp-bench-haproxy-", dir="/tmp"))
         self.config_path = self.base / "haproxy.cfg"
+        self.socket_path = str(self.base / "haproxy.sock") if client_socket else None
+        unix_bind = f"    bind {self.socket_path} mode 777\n" if self.socket_path else ""
         self.config_path.write_text(
             "global\n    maxconn 4096\n    nbthread 1\n"
             "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1h\n    timeout server 1h\n"
-            f"frontend clients\n    bind {HOST}:{self.port}\n    default_backend server\n"
+            f"frontend clients\n    bind {HOST}:{self.port}\n{unix_bind}    default_backend server\n"
             f"backend server\n    server s1 {backend.socket if via_socket else f'{backend.host}:{backend.port}'}\n"
         )
         self.proc: subprocess.Popen[bytes] | None = None
@@ -302,6 +314,11 @@ class ByteRelay:
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
+
+    @property
+    def client_address(self) -> int | str:
+        """Where sysbench connects: the unix socket path with ``client_socket``, else the TCP port."""
+        return self.socket_path or self.port
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None:

@@ -137,13 +137,16 @@ def parse_sysbench(label: str, text: str) -> SysbenchResult:
     return r
 
 
-def sysbench_base(sysbench: str, port: int, args: argparse.Namespace) -> list[str]:
+def sysbench_base(sysbench: str, where: int | str, args: argparse.Namespace) -> list[str]:
+    """``where``: a TCP port on HOST, or a unix socket path (libmysqlclient takes the socket
+    only when the host is "localhost")."""
+    at = [f"--mysql-host={HOST}", f"--mysql-port={where}"] if isinstance(where, int) else \
+        ["--mysql-host=localhost", f"--mysql-socket={where}"]
     return [
         sysbench,
         "oltp_point_select",
         "--db-driver=mysql",
-        f"--mysql-host={HOST}",
-        f"--mysql-port={port}",
+        *at,
         f"--mysql-user={SB_USER}",
         f"--mysql-password={SB_PASSWORD}",
         f"--mysql-db={SB_DB}",
@@ -152,8 +155,8 @@ def sysbench_base(sysbench: str, port: int, args: argparse.Namespace) -> list[st
     ]
 
 
-def sysbench_run_cmd(sysbench: str, port: int, args: argparse.Namespace, ps_mode: str) -> list[str]:
-    return sysbench_base(sysbench, port, args) + [
+def sysbench_run_cmd(sysbench: str, where: int | str, args: argparse.Namespace, ps_mode: str) -> list[str]:
+    return sysbench_base(sysbench, where, args) + [
         f"--threads={args.threads}",
         f"--time={args.time}",
         "--percentile=99",
@@ -462,6 +465,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend-socket", action="store_true",
                     help="the proxy (and haproxy) reach the server over its unix socket instead of TCP; "
                          "sysbench still uses TCP, to the server directly and to the proxy")
+    ap.add_argument("--client-socket", action="store_true",
+                    help="sysbench reaches the server, the proxy (listen.unix_socket) and haproxy over unix "
+                         "sockets instead of TCP")
     args = ap.parse_args(argv)
     if args.threads < 1 or args.time < 1 or args.pool < 1 or args.rounds < 1:
         ap.error("--threads, --rounds, --time and --pool must be positive")
@@ -488,13 +494,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{sb_version}; MariaDB {db.version} on {HOST}:{db.port}; {cpus} CPUs; ulimit -n {nofile}")
             print(f"{describe_source(args.proxy_rev)}; pool max_connections {args.pool}, queue_timeout 30")
             print(session_layout(args.one_session))
+            links = [("sysbench", args.client_socket), ("the proxy and haproxy to the server", args.backend_socket)]
+            print("; ".join(f"{who} over {'unix sockets' if unix else 'TCP'}" for who, unix in links))
             print(f"oltp_point_select: {args.tables} tables x {args.table_size} rows, {args.threads} threads, "
                   f"{args.rounds} round{'s' if args.rounds != 1 else ''} of direct then proxy, {args.time} s per phase", flush=True)
 
             proxy = Proxy(db, SB_USER, SB_PASSWORD, pool=args.pool, queue_timeout=30, log_level=args.log_level,
                           own_session=not args.one_session, via_socket=args.backend_socket,
+                          client_socket=args.client_socket,
                           src_root=src)
-            relay = ByteRelay(db, via_socket=args.backend_socket) if args.haproxy else None
+            relay = ByteRelay(db, via_socket=args.backend_socket, client_socket=args.client_socket) if args.haproxy else None
             try:
                 if relay is not None:
                     relay.__enter__()
@@ -510,13 +519,13 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"- {name} (--db-ps-mode={ps_mode}):", flush=True)
                     for i in range(1, args.rounds + 1):
                         print(f"    round {i}: direct ...", end="", flush=True)
-                        d = run_sysbench(f"{name} direct, round {i}", sysbench_run_cmd(sysbench, db.port, args, ps_mode),
+                        d = run_sysbench(f"{name} direct, round {i}", sysbench_run_cmd(sysbench, db.socket if args.client_socket else db.port, args, ps_mode),
                                          limit, {"mariadbd": db.pid})
                         print(f" {d.qps:,.0f} qps; proxy ...", end="", flush=True)
                         p: SysbenchResult | None = None
                         if proxy.alive:
                             p = run_sysbench(f"{name} proxy, round {i}",
-                                             sysbench_run_cmd(sysbench, proxy.port, args, ps_mode), limit,
+                                             sysbench_run_cmd(sysbench, proxy.client_address, args, ps_mode), limit,
                                              {"mariadbd": db.pid, "proxy": proxy.pid})
                             ratio = f" ({p.qps / d.qps:.2f}x)" if p.ok and d.ok and d.qps else ""
                             print(f" {p.qps:,.0f} qps{ratio}", flush=True)
@@ -530,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
                         if relay is not None:
                             print(f"    round {i}: haproxy ...", end="", flush=True)
                             h = run_sysbench(f"{name} haproxy, round {i}",
-                                             sysbench_run_cmd(sysbench, relay.port, args, ps_mode), limit,
+                                             sysbench_run_cmd(sysbench, relay.client_address, args, ps_mode), limit,
                                              {"mariadbd": db.pid, "haproxy": relay.pid})
                             w.relayed.append(h)
                             ratio = f" ({h.qps / d.qps:.2f}x)" if h.ok and d.ok and d.qps else ""

@@ -35,6 +35,9 @@ class ListenConfig:
     # Clients that connect and do not finish the handshake within this many seconds are dropped.
     handshake_timeout: float = 10.0
     max_client_connections: int = 10000
+    # Also listen on this unix socket path (clients: mysql -S PATH, or host "localhost" in
+    # libmysqlclient-based drivers). Same logins as over TCP; local processes only.
+    unix_socket: str | None = None
 
 
 @dataclass(frozen=True)
@@ -224,6 +227,8 @@ def parse(raw: Any, source: str = "<config>") -> Config:
     _check(0 < listen.port < 65536, "listen.port", "must be between 1 and 65535")
     _check(listen.handshake_timeout > 0, "listen.handshake_timeout", "must be > 0")
     _check(listen.max_client_connections > 0, "listen.max_client_connections", "must be > 0")
+    if listen.unix_socket is not None:
+        _check_socket_path(listen.unix_socket, "listen.unix_socket")
     _check(0 < backend.port < 65536, "backend.port", "must be between 1 and 65535")
     _check(0 < backend.collation < 2048, "backend.collation", "must be a collation id")
     _check(pool.max_connections >= 1, "pool.max_connections", "must be at least 1")
@@ -259,6 +264,12 @@ def _replace(obj: Any, **changes: Any) -> Any:
     from dataclasses import replace
 
     return replace(obj, **changes)
+
+
+def _check_socket_path(path_str: str, key: str) -> None:
+    # sun_path holds 108 bytes with its terminating NUL; the kernel refuses longer paths.
+    _check(path_str.startswith("/"), key, "must be an absolute path")
+    _check(len(os.fsencode(path_str)) < 108, key, "too long for a unix socket path (at most 107 bytes)")
 
 
 def _check(ok: bool, path: str, problem: str) -> None:

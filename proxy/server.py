@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -42,6 +43,33 @@ def sd_notify(message: str) -> None:
         log.debug("sd_notify failed: %s", e)
 
 
+def _where(listen: config_mod.ListenConfig) -> tuple[str, int, str | None]:
+    return listen.host, listen.port, listen.unix_socket
+
+
+def _claim_socket_path(path: str) -> None:
+    """Make way for our unix socket: a stale socket file goes, a live one or another file stays.
+
+    A proxy (or mysqld) killed without cleaning up leaves its socket file behind; binding
+    over a live one would silently take its clients, so that is an error instead.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # nobody listens: stale
+        return
+    finally:
+        probe.close()
+    raise OSError(f"{path}: another process is listening on it")
+
+
 class ProxyServer:
     def __init__(self, cfg: Config, config_path: str | None = None) -> None:
         self.config = cfg
@@ -56,6 +84,7 @@ class ProxyServer:
         self.clients_total = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._servers: list[asyncio.AbstractServer] = []
+        self._socket_inode: int | None = None  # of listen.unix_socket's file, once we made it
         self._stopping = asyncio.Event()
         self._janitor: asyncio.Task[None] | None = None
 
@@ -151,8 +180,17 @@ class ProxyServer:
         srv = await loop.create_server(lambda: ClientConnection(self), cfg.listen.host, cfg.listen.port,
                                        reuse_address=True, backlog=1024)
         self._servers.append(srv)
-        log.info("listening on %s:%d; pool '%s' -> %s@%s:%d, max_connections %d", cfg.listen.host, cfg.listen.port,
-                 self.pool.name, cfg.backend.user, cfg.backend.host, cfg.backend.port, cfg.pool.max_connections)
+        path = cfg.listen.unix_socket
+        if path:
+            _claim_socket_path(path)
+            self._servers.append(await loop.create_unix_server(lambda: ClientConnection(self), path, backlog=1024))
+            # Reachable by every local user, as mysqld's socket is (logins are checked all the
+            # same); the service's umask (0077 in the unit) would leave it to the proxy's user.
+            os.chmod(path, 0o777)
+            self._socket_inode = os.stat(path).st_ino
+        b = cfg.backend
+        log.info("listening on %s; pool '%s' -> %s@%s, max_connections %d", self.listen_address(), self.pool.name,
+                 b.user, b.unix_socket or f"{b.host}:{b.port}", cfg.pool.max_connections)
         self._janitor = loop.create_task(self._janitor_loop())
         self.spawn(self._warm_up())
 
@@ -190,8 +228,8 @@ class ProxyServer:
             log.error("reload failed, keeping the running config: %s", e)
             return
         old = self.config
-        if (new.listen.host, new.listen.port) != (old.listen.host, old.listen.port):
-            log.warning("reload: listen address changes need a restart; keeping %s:%d", old.listen.host, old.listen.port)
+        if _where(new.listen) != _where(old.listen):
+            log.warning("reload: listen address changes need a restart; keeping %s", self.listen_address())
             new = config_mod.Config(**{**new.__dict__, "listen": old.listen})
         if new.backend != old.backend:
             # New credentials or address: links opened from now use them; idle old ones go.
@@ -210,6 +248,7 @@ class ProxyServer:
         sd_notify("STOPPING=1")
         for srv in self._servers:
             srv.close()
+        self._remove_socket_file()
         deadline = time.monotonic() + self.config.shutdown_timeout
         while time.monotonic() < deadline:
             active = [c for c in self.clients.values() if c.busy or (c.session and c.session.pinned)]
@@ -228,6 +267,22 @@ class ProxyServer:
         await asyncio.sleep(0.05)
         log.info("stopped")
 
+    def listen_address(self) -> str:
+        listen = self.config.listen
+        return f"{listen.host}:{listen.port}" + (f" and {listen.unix_socket}" if listen.unix_socket else "")
+
+    def _remove_socket_file(self) -> None:
+        """Remove our unix socket file, unless another process has put its own there since."""
+        path = self.config.listen.unix_socket
+        if not path or self._socket_inode is None:
+            return
+        try:
+            if os.stat(path).st_ino == self._socket_inode:
+                os.unlink(path)
+        except OSError:
+            pass
+        self._socket_inode = None
+
     async def serve(self) -> None:
         await self.start()
         loop = asyncio.get_running_loop()
@@ -235,6 +290,6 @@ class ProxyServer:
         loop.add_signal_handler(signal.SIGINT, self._stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         sd_notify("READY=1")
-        sd_notify(f"STATUS=serving on {self.config.listen.host}:{self.config.listen.port}")
+        sd_notify(f"STATUS=serving on {self.listen_address()}")
         await self._stopping.wait()
         await self.drain()

@@ -169,18 +169,21 @@ def run_cli(
     database: str | None = None,
     *,
     host: str = "127.0.0.1",
+    unix_socket: str | None = None,
     extra_args: Sequence[str] = (),
     timeout: float = 60.0,
 ) -> tuple[int, str, str]:
-    """Run the ``mariadb`` command-line client (-N -B) and return (returncode, stdout, stderr)."""
+    """Run the ``mariadb`` command-line client (-N -B) and return (returncode, stdout, stderr).
+
+    Over TCP to host:port, or over ``unix_socket`` when given (port is then ignored).
+    """
     client = require_binary("mariadb", "mysql")
+    where = [f"-S{unix_socket}", "--protocol=SOCKET"] if unix_socket else [f"-h{host}", f"-P{port}", "--protocol=TCP"]
     # --password=VALUE, never a bare -p: an empty password would make the client prompt.
     cmd = [
         client,
         "--no-defaults",
-        f"-h{host}",
-        f"-P{port}",
-        "--protocol=TCP",
+        *where,
         f"-u{user}",
         f"--password={password}",
         "--connect-timeout=10",

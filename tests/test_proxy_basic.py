@@ -9,10 +9,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import socket
+import stat
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -681,3 +684,59 @@ def test_log_lines_carry_no_timestamp_when_stderr_is_the_journal(tmp_path: Path)
     assert lines["journal"] == "INFO proxy: hello"
     for case in ("file", "another stream"):
         assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO proxy: hello", lines[case]), lines
+
+
+def test_clients_log_in_over_the_listen_unix_socket(proxy_factory) -> None:
+    """listen.unix_socket: a second way in (mariadb -S, PyMySQL unix_socket=), replacing a stale file,
+    refusing to take over a live one, and removed on stop."""
+    base = Path(tempfile.mkdtemp(prefix="mpp-sock-", dir="/tmp"))  # short: sun_path holds 108 bytes
+    path = str(base / "proxy.sock")
+    try:
+        stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stale.bind(path)  # a proxy killed without cleaning up leaves such a file
+        stale.close()
+        p = proxy_factory({"listen": {"unix_socket": path}})
+        p.wait_log(f"listening on 127.0.0.1:{p.port} and {path}")
+        st = os.stat(path)
+        assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o777
+
+        conn = pymysql.connect(unix_socket=path, user=APP_USER, password=APP_PASSWORD, database=APP_DB, autocommit=True)
+        with conn.cursor() as cur:
+            cur.execute("SELECT CURRENT_USER(), DATABASE()")
+            assert cur.fetchone() == (f"{APP_USER}@%", APP_DB)
+        rc, out, err = run_cli(0, APP_USER, APP_PASSWORD, "SELECT 40 + 2", APP_DB, unix_socket=path)
+        assert (rc, out) == (0, "42\n"), err
+        rc, _out, err = run_cli(0, APP_USER, "wrong-password", "SELECT 1", APP_DB, unix_socket=path)
+        assert rc != 0 and "1045" in err, err
+
+        # The path cannot move while running: a reload says so and keeps serving the old one.
+        p.rewrite_config({"listen": {"unix_socket": str(base / "moved.sock")}})
+        p.reload()
+        p.wait_log(f"listen address changes need a restart; keeping 127.0.0.1:{p.port} and {path}")
+        assert os.path.exists(path) and not os.path.exists(base / "moved.sock")
+
+        # Another proxy configured with the same path must not steal it.
+        q = proxy_factory({"listen": {"unix_socket": path}}, wait=False)
+        assert q.proc.wait(timeout=20) == 1
+        assert f"cannot start: {path}: another process is listening on it" in q.log(), q.log()
+        with conn.cursor() as cur:
+            cur.execute("SELECT 7")
+            assert cur.fetchone() == (7,)
+        conn.close()
+
+        assert p.stop() in (0, -15)
+        assert not os.path.exists(path)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_listen_unix_socket_must_be_a_usable_path(tmp_path: Path) -> None:
+    for value, problem in (("relative.sock", "must be an absolute path"), ("/" + "x" * 120, "too long")):
+        cfg = _good_config()
+        cfg["listen"]["unix_socket"] = value
+        r = _run(["check", "-c", str(_write(tmp_path, cfg))])
+        assert r.returncode == 2 and "listen.unix_socket" in r.stderr and problem in r.stderr, r.stderr
+    cfg = _good_config()
+    cfg["listen"]["unix_socket"] = "/run/mysql-pool-proxy/mysql.sock"
+    r = _run(["check", "-c", str(_write(tmp_path, cfg))])
+    assert r.returncode == 0 and "unix socket /run/mysql-pool-proxy/mysql.sock" in r.stdout, r.stdout
