@@ -119,7 +119,8 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
+        # Over listen.unix_socket there is no address: the server calls such a client 'localhost'.
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "localhost"
         self.server.clients[self.proxy_id] = self
         if len(self.server.clients) > self.server.config.listen.max_client_connections:
             self._fatal(Err.CON_COUNT, "Too many connections (mysql-pool-proxy max_client_connections reached)", seq=0)

@@ -707,7 +707,7 @@ def test_clients_log_in_over_the_listen_unix_socket(proxy_factory) -> None:
         rc, out, err = run_cli(0, APP_USER, APP_PASSWORD, "SELECT 40 + 2", APP_DB, unix_socket=path)
         assert (rc, out) == (0, "42\n"), err
         rc, _out, err = run_cli(0, APP_USER, "wrong-password", "SELECT 1", APP_DB, unix_socket=path)
-        assert rc != 0 and "1045" in err, err
+        assert rc != 0 and f"1045 (28000): Access denied for user '{APP_USER}'@'localhost'" in err, err
 
         # The path cannot move while running: a reload says so and keeps serving the old one.
         p.rewrite_config({"listen": {"unix_socket": str(base / "moved.sock")}})
