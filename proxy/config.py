@@ -223,12 +223,7 @@ def parse(raw: Any, source: str = "<config>") -> Config:
         uc = _section(UserConfig, u, f"users[{i}]", warnings)
         users.append(uc)
 
-    _check(listen.auth_plugin in AUTH_PLUGINS, "listen.auth_plugin", f"must be one of {', '.join(AUTH_PLUGINS)}")
-    _check(0 < listen.port < 65536, "listen.port", "must be between 1 and 65535")
-    _check(listen.handshake_timeout > 0, "listen.handshake_timeout", "must be > 0")
-    _check(listen.max_client_connections > 0, "listen.max_client_connections", "must be > 0")
-    if listen.unix_socket is not None:
-        _check_socket_path(listen.unix_socket, "listen.unix_socket")
+    _check_listen(listen)
     _check(0 < backend.port < 65536, "backend.port", "must be between 1 and 65535")
     _check(0 < backend.collation < 2048, "backend.collation", "must be a collation id")
     _check(pool.max_connections >= 1, "pool.max_connections", "must be at least 1")
@@ -264,6 +259,15 @@ def _replace(obj: Any, **changes: Any) -> Any:
     from dataclasses import replace
 
     return replace(obj, **changes)
+
+
+def _check_listen(listen: ListenConfig) -> None:
+    _check(listen.auth_plugin in AUTH_PLUGINS, "listen.auth_plugin", f"must be one of {', '.join(AUTH_PLUGINS)}")
+    _check(0 < listen.port < 65536, "listen.port", "must be between 1 and 65535")
+    _check(listen.handshake_timeout > 0, "listen.handshake_timeout", "must be > 0")
+    _check(listen.max_client_connections > 0, "listen.max_client_connections", "must be > 0")
+    if listen.unix_socket is not None:
+        _check_socket_path(listen.unix_socket, "listen.unix_socket")
 
 
 def _check_socket_path(path_str: str, key: str) -> None:
@@ -305,5 +309,5 @@ def load_listen(path: str | os.PathLike[str]) -> ListenConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     listen: ListenConfig = _section(ListenConfig, raw.get("listen"), "listen", [])
-    _check(0 < listen.port < 65536, "listen.port", "must be between 1 and 65535")
+    _check_listen(listen)
     return listen

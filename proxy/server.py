@@ -60,11 +60,14 @@ def _claim_socket_path(path: str) -> None:
     if not stat.S_ISSOCK(mode):
         raise OSError(f"{path} exists and is not a socket")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2)
     try:
         probe.connect(path)
-    except OSError:
+    except ConnectionRefusedError:
         os.unlink(path)  # nobody listens: stale
         return
+    except (BlockingIOError, TimeoutError):
+        pass  # a listener whose queue is full is still a listener
     finally:
         probe.close()
     raise OSError(f"{path}: another process is listening on it")
