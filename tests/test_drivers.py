@@ -1443,3 +1443,57 @@ def test_kill_with_the_driver_s_connection_id(mariadb: MariaDB, proxy_factory: C
         assert got["victim after KILL QUERY"] == ("still connected",)
         assert got["victim after KILL"] in (1927, 2013), got["victim after KILL"]
         assert got["killer"] == ("killer fine",)
+
+
+# --------------------------------------------------------------------------- schema change under a prepared statement
+
+
+def schema_change_script(connect: Callable[..., Any], between: Callable[[], None] = no_one_between) -> list[tuple[str, Any]]:
+    """One prepared SELECT * executed before and after an ALTER TABLE that changes its columns.
+
+    Through the proxy the statement lives on several links: prepared there lazily, before or after
+    the change. Each execute must still bring the client the columns and values of now.
+    """
+    import mysql.connector
+
+    out: list[tuple[str, Any]] = []
+    conn = connect()
+    cur = conn.cursor()
+    cur.execute("DROP TABLE IF EXISTS drv_schema")
+    cur.execute("CREATE TABLE drv_schema (id INT PRIMARY KEY, v INT)")
+    cur.execute("INSERT INTO drv_schema VALUES (1, 10), (2, 20)")
+    ps = conn.cursor(prepared=True)
+    sql = "SELECT * FROM drv_schema WHERE id >= ? ORDER BY id"
+    for phase in ("before", "after"):
+        if phase == "after":
+            cur.execute("ALTER TABLE drv_schema MODIFY v VARCHAR(10), ADD COLUMN w DATE DEFAULT '2024-01-02'")
+        for _ in range(4):
+            between()
+            try:
+                ps.execute(sql, (1,))
+                out.append((phase, (tuple(ps.column_names), ps.fetchall())))
+            except mysql.connector.Error as e:
+                out.append((phase, ("error", e.errno)))
+    ps.close()
+    cur.execute("DROP TABLE drv_schema")
+    return out
+
+
+def test_prepared_statement_follows_a_schema_change_on_every_link(mariadb: MariaDB,
+                                                                 proxy_factory: Callable[..., ProxyProcess]) -> None:
+    grant_noise_db(mariadb)
+    direct = schema_change_script(_connector_connect(mariadb.host, mariadb.port))
+    p = start_proxy(proxy_factory)
+    rec = Recorder(_connector_connect(p.host, p.port))
+    with proxy_log_on_failure(p):
+        between = Neighbours(p)
+        via = schema_change_script(rec, between)
+        between.check()
+        row = client_row(p, rec.conns[0].connection_id)
+        assert int(row["links_returned"]) >= 8, row  # the statement did move between links
+        rec.close()
+    assert_same(direct, via)
+    before = ("id", "v"), [(1, 10), (2, 20)]
+    after = ("id", "v", "w"), [(1, "10", dt.date(2024, 1, 2)), (2, "20", dt.date(2024, 1, 2))]
+    assert [(ph, (names, [tuple(r) for r in rows])) for ph, (names, rows) in via] == \
+        [("before", before)] * 4 + [("after", after)] * 4
