@@ -308,10 +308,6 @@ def _median(values: list[float | None]) -> float | None:
     return statistics.median(present) if present else None
 
 
-def _ms(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}"
-
-
 def _latency(rs: list[SysbenchResult]) -> str:
     if not rs:
         return "-"
@@ -390,6 +386,31 @@ def print_relay_table(workloads: list[Workload]) -> None:
         if proxy:
             line += f"; the proxy's ratio is {statistics.median(proxy) / statistics.median(ratios):.2f} of haproxy's"
         print(line)
+
+
+def _us_per_query(rs: list[SysbenchResult], name: str) -> str:
+    """CPU time ``name`` used per query over all these phases, in microseconds."""
+    rs = [r for r in rs if r.ok and name in r.cpu and r.queries]
+    if not rs:
+        return "-"
+    return f"{1e6 * sum(r.cpu[name] for r in rs) / sum(r.queries for r in rs):.1f}"
+
+
+def print_cpu_per_query(workloads: list[Workload]) -> None:
+    """Who spends what per query on each path: where a relay's cost goes, beside the other's."""
+    print()
+    print("CPU per query, µs: mariadbd / sysbench / the relay itself")
+    for w in workloads:
+        paths = [("direct", w.direct(), None), ("proxy", w.proxy(), "proxy")]
+        if w.relayed:
+            paths.append(("haproxy", [h for h in w.relayed if h.ok], "haproxy"))
+        parts = []
+        for label, rs, relay in paths:
+            cols = [_us_per_query(rs, "mariadbd"), _us_per_query(rs, "sysbench")]
+            if relay:
+                cols.append(_us_per_query(rs, relay))
+            parts.append(f"{label} {' / '.join(cols)}")
+        print(f"  {w.name}: " + "; ".join(parts))
 
 
 def proxy_problems(log: str, limit: int = 30) -> list[str]:
@@ -580,6 +601,7 @@ def main(argv: list[str] | None = None) -> int:
             print()
             print_table(workloads)
             print_relay_table(workloads)
+            print_cpu_per_query(workloads)
             rounds = f"{args.rounds} rounds" if args.rounds != 1 else "1 round"
             print(f"({rounds} of {args.time} s direct, then {args.time} s through the proxy; qps: median over the "
                   "rounds; ratio: median of the per-round ratios (proxy qps / the same round's direct qps), min..max: "
