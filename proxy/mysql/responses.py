@@ -145,7 +145,7 @@ class ResponseTracker:
                 self._columns_left = left - 1
                 return _SKIM
             # An EOF packet is 5 to 8 bytes; a longer one led by 0xFE is not one (and its head may be all we see).
-            if left < 0 or first != 0xFE or not 5 <= length < 9:
+            if left < 0 or first != 0xFE or length < 5 or length > 8:
                 raise ProtocolError("missing EOF after column definitions")
             self._columns_left = 0
             _w, status = _warnings_status(buf, at + 1)
