@@ -224,6 +224,9 @@ def parse(raw: Any, source: str = "<config>") -> Config:
         users.append(uc)
 
     _check_listen(listen)
+    if listen.unix_socket and not Path(listen.unix_socket).parent.is_dir():
+        # Not an error: systemd's RuntimeDirectory= makes it only when the service starts.
+        warnings.append(f"listen.unix_socket: directory {Path(listen.unix_socket).parent} does not exist (yet)")
     _check(0 < backend.port < 65536, "backend.port", "must be between 1 and 65535")
     _check(0 < backend.collation < 2048, "backend.collation", "must be a collation id")
     _check(pool.max_connections >= 1, "pool.max_connections", "must be at least 1")

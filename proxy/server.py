@@ -186,7 +186,10 @@ class ProxyServer:
         path = cfg.listen.unix_socket
         if path:
             _claim_socket_path(path)
-            self._servers.append(await loop.create_unix_server(lambda: ClientConnection(self), path, backlog=1024))
+            try:
+                self._servers.append(await loop.create_unix_server(lambda: ClientConnection(self), path, backlog=1024))
+            except OSError as e:  # the bare errno text would not say which path (a missing directory, say)
+                raise OSError(f"listen.unix_socket {path}: {e.strerror or e}") from None
             # Reachable by every local user, as mysqld's socket is (logins are checked all the
             # same); the service's umask (0077 in the unit) would leave it to the proxy's user.
             os.chmod(path, 0o777)

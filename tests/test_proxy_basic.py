@@ -737,6 +737,17 @@ def test_listen_unix_socket_must_be_a_usable_path(tmp_path: Path) -> None:
         r = _run(["check", "-c", str(_write(tmp_path, cfg))])
         assert r.returncode == 2 and "listen.unix_socket" in r.stderr and problem in r.stderr, r.stderr
     cfg = _good_config()
-    cfg["listen"]["unix_socket"] = "/run/mysql-pool-proxy/mysql.sock"
+    cfg["listen"]["unix_socket"] = str(tmp_path / "mysql.sock")
     r = _run(["check", "-c", str(_write(tmp_path, cfg))])
-    assert r.returncode == 0 and "unix socket /run/mysql-pool-proxy/mysql.sock" in r.stdout, r.stdout
+    assert r.returncode == 0 and f"unix socket {tmp_path}/mysql.sock" in r.stdout and "warning" not in r.stdout, r.stdout
+    # A directory that is not there yet is only a warning: systemd's RuntimeDirectory= appears at start.
+    cfg["listen"]["unix_socket"] = str(tmp_path / "later" / "mysql.sock")
+    r = _run(["check", "-c", str(_write(tmp_path, cfg))])
+    assert r.returncode == 0 and f"directory {tmp_path}/later does not exist (yet)" in r.stdout, r.stdout
+
+
+def test_listen_unix_socket_in_a_missing_directory_names_the_path(proxy_factory, tmp_path: Path) -> None:
+    path = str(tmp_path / "missing" / "p.sock")
+    p = proxy_factory({"listen": {"unix_socket": path}}, wait=False)
+    assert p.proc.wait(timeout=20) == 1
+    assert f"cannot start: listen.unix_socket {path}: No such file or directory" in p.log(), p.log()
