@@ -53,8 +53,7 @@ def cmd_check(cfg: config_mod.Config, path: str) -> int:
     print(f"  listen      {listen.host}:{listen.port} (auth {listen.auth_plugin}, at most {listen.max_client_connections} clients)")
     if listen.unix_socket:
         print(f"              and unix socket {listen.unix_socket}")
-    where = b.unix_socket or f"{b.host}:{b.port}"
-    print(f"  backend     {b.user}@{where}" + (f" database {b.database}" if b.database else ""))
+    print(f"  backend     {b.user}@{b.address}" + (f" database {b.database}" if b.database else ""))
     print(f"  pool '{p.name}'  at most {p.max_connections} server connections; clients wait up to {p.queue_timeout:g}s")
     who = ", ".join(u.user for u in cfg.users) if cfg.users else f"{b.user} (the backend account)"
     print(f"  clients     log in as {who}")

@@ -39,6 +39,11 @@ class ListenConfig:
     # libmysqlclient-based drivers). Same logins as over TCP; local processes only.
     unix_socket: str | None = None
 
+    @property
+    def address(self) -> str:
+        """Where clients reach the proxy, for logs and status lines."""
+        return f"{self.host}:{self.port}" + (f" and {self.unix_socket}" if self.unix_socket else "")
+
 
 @dataclass(frozen=True)
 class BackendConfig:
@@ -52,6 +57,11 @@ class BackendConfig:
     database: str | None = None
     # Collation id a backend link is opened with (45 = utf8mb4_general_ci).
     collation: int = 45
+
+    @property
+    def address(self) -> str:
+        """Where links go: the unix socket when one is set (it wins over host and port)."""
+        return self.unix_socket or f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -188,12 +198,18 @@ def _read_password_file(path_str: str, key: str, warnings: list[str]) -> str:
     return text.rstrip("\r\n")
 
 
-def parse(raw: Any, source: str = "<config>") -> Config:
-    """Validate a parsed YAML document into a Config."""
+def _document(raw: Any, source: str) -> dict[str, Any]:
+    """The parsed YAML document as a mapping (an empty file is an empty one)."""
     if raw is None:
-        raw = {}
+        return {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping")
+    return raw
+
+
+def parse(raw: Any, source: str = "<config>") -> Config:
+    """Validate a parsed YAML document into a Config."""
+    raw = _document(raw, source)
     warnings: list[str] = []
     known = {"listen", "backend", "pool", "users", "admin", "max_allowed_packet", "shutdown_timeout", "log_level"}
     for key in raw:
@@ -308,9 +324,7 @@ def load_listen(path: str | os.PathLike[str]) -> ListenConfig:
     password, so it must not fail on one that only the service's environment provides
     (``${MYSQL_PASSWORD}`` from an EnvironmentFile, a systemd credential).
     """
-    raw = _read_yaml(path)
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping")
+    raw = _document(_read_yaml(path), str(path))
     listen: ListenConfig = _section(ListenConfig, raw.get("listen"), "listen", [])
     _check_listen(listen)
     return listen

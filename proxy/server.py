@@ -43,10 +43,6 @@ def sd_notify(message: str) -> None:
         log.debug("sd_notify failed: %s", e)
 
 
-def _where(listen: config_mod.ListenConfig) -> tuple[str, int, str | None]:
-    return listen.host, listen.port, listen.unix_socket
-
-
 def _claim_socket_path(path: str) -> None:
     """Make way for our unix socket: a stale socket file goes, a live one or another file stays.
 
@@ -194,9 +190,8 @@ class ProxyServer:
             # same); the service's umask (0077 in the unit) would leave it to the proxy's user.
             os.chmod(path, 0o777)
             self._socket_inode = os.stat(path).st_ino
-        b = cfg.backend
-        log.info("listening on %s; pool '%s' -> %s@%s, max_connections %d", self.listen_address(), self.pool.name,
-                 b.user, b.unix_socket or f"{b.host}:{b.port}", cfg.pool.max_connections)
+        log.info("listening on %s; pool '%s' -> %s@%s, max_connections %d", cfg.listen.address, self.pool.name,
+                 cfg.backend.user, cfg.backend.address, cfg.pool.max_connections)
         self._janitor = loop.create_task(self._janitor_loop())
         self.spawn(self._warm_up())
 
@@ -234,8 +229,8 @@ class ProxyServer:
             log.error("reload failed, keeping the running config: %s", e)
             return
         old = self.config
-        if _where(new.listen) != _where(old.listen):
-            log.warning("reload: listen address changes need a restart; keeping %s", self.listen_address())
+        if new.listen.address != old.listen.address:
+            log.warning("reload: listen address changes need a restart; keeping %s", old.listen.address)
             new = config_mod.Config(**{**new.__dict__, "listen": old.listen})
         if new.backend != old.backend:
             # New credentials or address: links opened from now use them; idle old ones go.
@@ -273,10 +268,6 @@ class ProxyServer:
         await asyncio.sleep(0.05)
         log.info("stopped")
 
-    def listen_address(self) -> str:
-        listen = self.config.listen
-        return f"{listen.host}:{listen.port}" + (f" and {listen.unix_socket}" if listen.unix_socket else "")
-
     def _remove_socket_file(self) -> None:
         """Remove our unix socket file, unless another process has put its own there since."""
         path = self.config.listen.unix_socket
@@ -296,6 +287,6 @@ class ProxyServer:
         loop.add_signal_handler(signal.SIGINT, self._stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         sd_notify("READY=1")
-        sd_notify(f"STATUS=serving on {self.listen_address()}")
+        sd_notify(f"STATUS=serving on {self.config.listen.address}")
         await self._stopping.wait()
         await self.drain()
