@@ -95,7 +95,7 @@ async def run(clients: int, pool_size: int, queries: int, ps: bool, profile: boo
     pool = server.pool
     links: list[tuple[BackendLink, MemoryTransport]] = []
     for _ in range(pool_size):
-        link = BackendLink(found_rows=False)
+        link = BackendLink(kind=0)
         t = MemoryTransport()
         link.connection_made(t)  # type: ignore[arg-type]
         link.state = LinkState(schema="sbtest")

@@ -12,7 +12,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Protocol
 
-from .mysql.constants import Status
+from .mysql.constants import Cap, Status
 from .mysql.messages import OK, build_err, build_ok, build_result_set
 
 if TYPE_CHECKING:
@@ -37,23 +37,23 @@ class ConsoleContext(Protocol):
     def reload(self) -> None: ...
 
 
-def _result(columns: list[str], rows: list[list[object]], numeric: set[str] | None = None) -> list[bytes]:
-    return build_result_set(columns, rows, Status.AUTOCOMMIT, numeric)
+def _result(columns: list[str], rows: list[list[object]], caps: int, numeric: set[str] | None = None) -> list[bytes]:
+    return build_result_set(columns, rows, Status.AUTOCOMMIT, caps, numeric)
 
 
 def _ok(message: str, caps: int) -> list[bytes]:
     return [build_ok(OK(status=Status.AUTOCOMMIT, info=message.encode()), caps)]
 
 
-def show_pools(server: ConsoleContext) -> list[bytes]:
+def show_pools(server: ConsoleContext, caps: int) -> list[bytes]:
     snap = server.pool.snapshot()
     snap["account_limit"] = server.account_limit  # the server's max_user_connections for the account
     cols = list(snap)
     numeric = {k for k, v in snap.items() if isinstance(v, int)}
-    return _result(cols, [[snap[c] for c in cols]], numeric)
+    return _result(cols, [[snap[c] for c in cols]], caps, numeric)
 
 
-def show_clients(server: ConsoleContext) -> list[bytes]:
+def show_clients(server: ConsoleContext, caps: int) -> list[bytes]:
     now = time.monotonic()
     rows: list[list[object]] = []
     for client in list(server.clients.values()):
@@ -66,10 +66,10 @@ def show_clients(server: ConsoleContext) -> list[bytes]:
             client.statements, s.multiplexed if s else 0, round(now - client.connected_at, 1),
         ])
     cols = ["id", "user", "peer", "state", "pinned_for", "backend_thread", "statements", "links_returned", "connected_s"]
-    return _result(cols, rows, {"id", "backend_thread", "statements", "links_returned"})
+    return _result(cols, rows, caps, {"id", "backend_thread", "statements", "links_returned"})
 
 
-def show_backends(server: ConsoleContext) -> list[bytes]:
+def show_backends(server: ConsoleContext, caps: int) -> list[bytes]:
     now = time.monotonic()
     pool = server.pool
     idle = {id(link) for links in pool.idle.values() for link in links}
@@ -77,14 +77,14 @@ def show_backends(server: ConsoleContext) -> list[bytes]:
     for link in list(pool.links):
         rows.append([
             link.facts.thread_id, "idle" if id(link) in idle else "in use", link.leased_by,
-            round(now - link.created, 1), round(now - link.last_used, 1), link.uses, int(link.found_rows),
-            link.state.schema,
+            round(now - link.created, 1), round(now - link.last_used, 1), link.uses,
+            int(bool(link.kind & Cap.FOUND_ROWS)), int(bool(link.kind & Cap.MARIADB_CACHE_METADATA)), link.state.schema,
         ])
-    cols = ["thread_id", "state", "client", "age_s", "idle_s", "statements", "found_rows", "schema"]
-    return _result(cols, rows, {"thread_id", "client", "statements", "found_rows"})
+    cols = ["thread_id", "state", "client", "age_s", "idle_s", "statements", "found_rows", "cache_metadata", "schema"]
+    return _result(cols, rows, caps, {"thread_id", "client", "statements", "found_rows", "cache_metadata"})
 
 
-def show_stats(server: ConsoleContext) -> list[bytes]:
+def show_stats(server: ConsoleContext, caps: int) -> list[bytes]:
     stats = server.pool.stats
     sessions = [c.session for c in server.clients.values() if c.session is not None]
     rows: list[list[object]] = [
@@ -100,10 +100,10 @@ def show_stats(server: ConsoleContext) -> list[bytes]:
         ["max_open_seen", stats.max_open_seen],
         ["wait_seconds_total", round(stats.total_wait, 3)],
     ]
-    return _result(["name", "value"], rows)
+    return _result(["name", "value"], rows, caps)
 
 
-def show_config(server: ConsoleContext) -> list[bytes]:
+def show_config(server: ConsoleContext, caps: int) -> list[bytes]:
     cfg = server.config
     rows: list[list[object]] = []
     for section in ("listen", "backend", "pool"):
@@ -112,7 +112,7 @@ def show_config(server: ConsoleContext) -> list[bytes]:
                 continue  # never show a secret
             rows.append([f"{section}.{key}", value])
     rows += [["max_allowed_packet", cfg.max_allowed_packet], ["shutdown_timeout", cfg.shutdown_timeout]]
-    return _result(["key", "value"], rows)
+    return _result(["key", "value"], rows, caps)
 
 
 _COMMANDS = {
@@ -128,7 +128,7 @@ def execute(server: ConsoleContext, sql: str, caps: int) -> list[bytes]:
     """Answer one admin statement: a result set, an OK, or an ERR for anything else."""
     stmt = re.sub(r"\s+", " ", sql.strip().rstrip(";").strip()).lower()
     if stmt in _COMMANDS:
-        return _COMMANDS[stmt](server)
+        return _COMMANDS[stmt](server, caps)
     if stmt == "reload":
         server.reload()
         return _ok("reloaded", caps)
@@ -139,11 +139,11 @@ def execute(server: ConsoleContext, sql: str, caps: int) -> list[bytes]:
         server.pool.resume()
         return _ok("resumed", caps)
     if stmt in ("show help", "help"):
-        return _result(["command"], [[c] for c in HELP.split(" | ")])
+        return _result(["command"], [[c] for c in HELP.split(" | ")], caps)
     if stmt.startswith("set "):
         # Drivers set names / autocommit on connect; nothing here depends on them.
         return _ok("", caps)
     if stmt.startswith("select @@version_comment"):
         # The mariadb / mysql command-line clients ask this on connect.
-        return _result(["@@version_comment"], [["mysql-pool-proxy admin console"]])
+        return _result(["@@version_comment"], [["mysql-pool-proxy admin console"]], caps)
     return [build_err(ER_PARSE_ERROR, f"admin console: unknown command; use one of: {HELP}")]

@@ -20,7 +20,7 @@ from typing import Protocol
 
 from .config import BackendConfig
 from .mysql import auth
-from .mysql.constants import BACKEND_CAPS, Cap, Command
+from .mysql.constants import BACKEND_CAPS, KIND_CAPS, Cap, Command
 from .mysql.messages import (
     AUTH_MORE_DATA,
     AUTH_SWITCH,
@@ -32,6 +32,7 @@ from .mysql.messages import (
     parse_auth_switch,
     parse_err,
     parse_handshake,
+    read_lenenc_int,
     read_lenenc_str,
 )
 from .mysql.packets import PacketReader, PacketScanner, ProtocolError, frame
@@ -67,7 +68,8 @@ class RelaySink(Protocol):
     def relay_failed(self, link: BackendLink, error: Exception, received_any: bool) -> None: ...
 
 
-_IDLE, _EXCHANGE, _RELAY, _HELD = range(4)
+# _SUPPLY: a relay that also puts back column definitions the server left out (see start_relay).
+_IDLE, _EXCHANGE, _RELAY, _HELD, _SUPPLY = range(5)
 
 
 @dataclass
@@ -103,12 +105,16 @@ class ServerStatement:
 
     id: int  # the server's statement id
     num_params: int
+    # The column definitions the server last sent for it on this link (in the PREPARE answer or
+    # an execute's): with MariaDB's metadata caching it sends them again only when they change.
+    columns: tuple[bytes, ...] = ()
     bound_types: bytes | None = None  # parameter types of its last execute (None: unknown)
 
 
 @dataclass
 class LinkFacts:
     server_version: str = ""
+    server_caps: int = 0  # what the server's greeting offered
     thread_id: int = 0
     wait_timeout: int = 0
     max_allowed_packet: int = 0
@@ -117,8 +123,8 @@ class LinkFacts:
 class BackendLink(asyncio.Protocol):
     """A connection from the proxy to the server."""
 
-    def __init__(self, found_rows: bool, on_idle_death: Callable[[BackendLink], None] | None = None) -> None:
-        self.found_rows = found_rows
+    def __init__(self, kind: int, on_idle_death: Callable[[BackendLink], None] | None = None) -> None:
+        self.kind = kind  # the client capabilities of KIND_CAPS it asks the server for
         self.facts = LinkFacts()
         self.state = LinkState()
         self.created = time.monotonic()
@@ -145,6 +151,8 @@ class BackendLink(asyncio.Protocol):
         self._sink: RelaySink | None = None
         self._received_any = False
         self._lost: Exception | None = None
+        self._supply: tuple[bytes, ...] = ()  # _SUPPLY: the definitions to put back
+        self._shift = 0  # _SUPPLY: packets put in so far (later sequence ids move up by as many)
 
     # -- asyncio.Protocol -------------------------------------------------------
 
@@ -176,6 +184,12 @@ class BackendLink(asyncio.Protocol):
                 sink.relay_done(self, DONE, chunks)  # type: ignore[union-attr]
             else:
                 self._relay_event(verdict, chunks)
+        elif mode == _SUPPLY:
+            self._received_any = True
+            try:
+                self._relay_supplying(data)
+            except ProtocolError as e:
+                self._relay_error(e)
         elif mode == _EXCHANGE:
             try:
                 self._packets.extend(self._reader.feed(data))
@@ -286,7 +300,7 @@ class BackendLink(asyncio.Protocol):
         results = []
         error: ServerError | None = None
         for cmd, _arg in commands:
-            tracker = ResponseTracker(client_caps=Cap.SESSION_TRACK)
+            tracker = ResponseTracker(client_caps=Cap.SESSION_TRACK, cache_metadata=self.tracker.cache_metadata)
             tracker.start(cmd)
             reply = Reply(tracker, [])
             while True:
@@ -310,10 +324,19 @@ class BackendLink(asyncio.Protocol):
     # -- relay --------------------------------------------------------------------
 
     def start_relay(self, payload: bytes, seq: int, command: int, sink: RelaySink, client_caps: int,
-                    statement_alias: int = 0) -> None:
-        """Send a client's command and relay the response to ``sink``."""
+                    statement_alias: int = 0, supply: tuple[bytes, ...] | None = None) -> None:
+        """Send a client's command and relay the response to ``sink``.
+
+        ``supply``: column definitions the client lacks for this execute (metadata caching: it holds
+        others, from another link). Should the server leave them out, they are put back in.
+        """
         self._sink = sink
-        self._mode = _RELAY
+        if supply is None:
+            self._mode = _RELAY
+        else:
+            self._mode = _SUPPLY
+            self._supply = supply
+            self._shift = 0
         self._received_any = False
         self._scanner.reset()
         tracker = self.tracker
@@ -327,12 +350,12 @@ class BackendLink(asyncio.Protocol):
             return
         self.transport.write(frame(payload, seq))
 
-    def remember_statement(self, sql: bytes, server_id: int, num_params: int) -> None:
+    def remember_statement(self, sql: bytes, server_id: int, num_params: int, columns: tuple[bytes, ...]) -> None:
         """Cache a prepared statement; close the one it replaces and the oldest past the limit."""
         old = self.prepared.pop(sql, None)
         if old is not None and old.id != server_id:
             self.write_packet(bytes((Command.STMT_CLOSE,)) + old.id.to_bytes(4, "little"), 0)
-        self.prepared[sql] = ServerStatement(server_id, num_params)
+        self.prepared[sql] = ServerStatement(server_id, num_params, columns)
         if len(self.prepared) > STATEMENT_CACHE:
             oldest = self.prepared.pop(next(iter(self.prepared)))
             self.write_packet(bytes((Command.STMT_CLOSE,)) + oldest.id.to_bytes(4, "little"), 0)
@@ -346,6 +369,36 @@ class BackendLink(asyncio.Protocol):
         """Pass bytes from the client through unchanged (LOCAL INFILE contents)."""
         if not self.closed and self.transport is not None:
             self.transport.write(data)
+
+    def _relay_supplying(self, data: bytes) -> None:
+        """_SUPPLY's relay: whole packets, renumbered after the definitions put in. A rare path."""
+        tracker = self.tracker
+        out: list[bytes | memoryview] = []
+        for seq, payload in self._reader.feed(data):
+            was_waiting_for_columns = not tracker.result_set
+            verdict, replacement = tracker.feed(len(payload), payload, 0, 0)
+            if was_waiting_for_columns and tracker.result_set and payload[-1] == 0 and not self._shift:
+                # The column count, and the server left the definitions out: put them in.
+                if read_lenenc_int(payload, 0)[0] != len(self._supply):
+                    raise ProtocolError("the server's column count differs from the definitions it sent this link")
+                out.append(frame(payload[:-1] + b"\x01", seq))
+                for column in self._supply:
+                    self._shift += 1
+                    out.append(frame(column, seq + self._shift))
+                tracker.columns = list(self._supply)  # what the client now holds
+                continue
+            out.append(frame(payload if replacement is None else replacement, seq + self._shift))
+            if verdict == DONE:
+                if self._reader.pending:
+                    raise ProtocolError("server sent bytes after the end of a response")
+                self._mode = _HELD
+                if tracker.warnings or tracker.error_code:
+                    self.diagnostics_dirty = True
+                sink, self._sink = self._sink, None
+                sink.relay_done(self, DONE, out)  # type: ignore[union-attr]
+                return
+        if out:
+            self._sink.relay_chunks(out)  # type: ignore[union-attr]
 
     def _relay_event(self, event: int, chunks: list[bytes | memoryview]) -> None:
         """The relay stopped other than at a clean end: LOCAL INFILE, or bytes past the end."""
@@ -363,13 +416,13 @@ class BackendLink(asyncio.Protocol):
         self._fail(error)
 
 
-async def open_link(cfg: BackendConfig, *, found_rows: bool, timeout: float,
+async def open_link(cfg: BackendConfig, *, kind: int, timeout: float,
                     on_idle_death: Callable[[BackendLink], None] | None = None) -> BackendLink:
     """Connect, authenticate and set up session tracking. Raises ServerError / OSError / LinkLost."""
     loop = asyncio.get_running_loop()
 
     def factory() -> BackendLink:
-        return BackendLink(found_rows, on_idle_death)
+        return BackendLink(kind, on_idle_death)
 
     async def connect() -> BackendLink:
         if cfg.unix_socket:
@@ -392,8 +445,12 @@ async def _authenticate(link: BackendLink, cfg: BackendConfig) -> None:
     hs = parse_handshake(payload)
     link.facts.server_version = hs.server_version
     link.facts.thread_id = hs.connection_id
-    caps = BACKEND_CAPS | (Cap.FOUND_ROWS if link.found_rows else 0)
+    link.facts.server_caps = hs.capabilities
+    caps = BACKEND_CAPS | (link.kind & KIND_CAPS)
     caps &= hs.capabilities | Cap.LONG_PASSWORD | Cap.FOUND_ROWS
+    if caps >> 32:
+        caps &= ~Cap.CLIENT_MYSQL  # the server reads MariaDB's extended capabilities only then
+    link.tracker.cache_metadata = bool(caps & Cap.MARIADB_CACHE_METADATA)
     if not hs.capabilities & Cap.SESSION_TRACK:
         raise ProtocolError("the server does not support CLIENT_SESSION_TRACK (MySQL 5.7+ / MariaDB 10.2+ needed)")
     plugin = hs.auth_plugin if hs.auth_plugin in auth.SCRAMBLE_PLUGINS else auth.NATIVE

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from .backend import CHARSET_FACTS, BackendLink, LinkLost, charset_values, reset_link
 from .config import Config
 from .login import Accepted, Login, Refused, Send, Step
-from .mysql.constants import SERVER_VERSION, Cap, Command, Err, Status
+from .mysql.constants import KIND_CAPS, SERVER_VERSION, Cap, Command, Err, Status
 from .mysql.messages import OK, ServerError, build_eof, build_err, build_ok
 from .mysql.packets import PacketReader, ProtocolError, frame
 from .mysql.responses import DONE, INFILE, NO_RESPONSE, TRACKED
@@ -109,7 +109,7 @@ class ClientConnection(asyncio.Protocol):
         self._paused_reading = False
         self._deferred_error: tuple[int, str] | None = None
         self._waiter: Waiter | None = None  # queued in the pool for a link
-        self._pool_key = False
+        self._pool_kind = 0
         self._paused_link: BackendLink | None = None  # a link paused for this client's back-pressure
         self.statements = 0
         self.is_admin = False
@@ -126,7 +126,7 @@ class ClientConnection(asyncio.Protocol):
             self._fatal(Err.CON_COUNT, "Too many connections (mysql-pool-proxy max_client_connections reached)", seq=0)
             return
         self._login = Login(self.server.config.listen.auth_plugin, self._password_of, self.peer.rsplit(":", 1)[0])
-        self._write(self._login.greeting(self.pool.server_version or SERVER_VERSION, self.proxy_id))
+        self._write(self._login.greeting(self.pool.server_version or SERVER_VERSION, self.proxy_id, self.pool.server_caps))
         loop = asyncio.get_running_loop()
         self._handshake_timer = loop.call_later(self.server.config.listen.handshake_timeout, self._handshake_expired)
 
@@ -260,14 +260,14 @@ class ClientConnection(asyncio.Protocol):
             state=LinkState(schema=db, multi_statements=bool(login.caps & Cap.MULTI_STATEMENTS)),
         )
         self.session.state.variables.update(self.server.charset_variables(login.collation))
-        # Links opened with CLIENT_FOUND_ROWS answer differently: the pool keeps them apart.
-        self._pool_key = bool(login.caps & Cap.FOUND_ROWS)
+        # Links opened with CLIENT_FOUND_ROWS or metadata caching answer differently: the pool keeps them apart.
+        self._pool_kind = login.caps & KIND_CAPS
         if self._handshake_timer:
             self._handshake_timer.cancel()
         self.is_admin = bool(self.server.config.admin.user) and login.user == self.server.config.admin.user
         if login.database and login.database not in self.server.known_schemas and not self.is_admin:
             try:
-                link = await self.pool.acquire(self._pool_key)
+                link = await self.pool.acquire(self._pool_kind)
             except PoolTimeout as e:
                 self._fatal(POOL_BUSY, e.message, seq)
                 return
@@ -394,7 +394,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _lease(self) -> None:
         """A link for the current command: now, or when the pool calls back."""
-        got = self.pool.lease(self._pool_key, self._on_lease)
+        got = self.pool.lease(self._pool_kind, self._on_lease)
         if isinstance(got, BackendLink):
             self._leased(got)
         else:
@@ -449,6 +449,7 @@ class ClientConnection(asyncio.Protocol):
         assert self._current is not None and session is not None
         seq, payload, cmd, _stmt = self._current
         alias = 0
+        supply = None
         if cmd == Command.STMT_PREPARE:
             session.last_statement_id += 1
             alias = session.last_statement_id
@@ -464,6 +465,15 @@ class ClientConnection(asyncio.Protocol):
                 payload, ps.param_types = bind_execute(payload, prepared.id, ps.num_params, ps.param_types,
                                                        prepared.bound_types)
                 prepared.bound_types = ps.param_types
+                if prepared.columns is not ps.columns and link.tracker.cache_metadata:
+                    # Metadata caching: this link's server leaves out definitions it sent before,
+                    # and the client must hold the same ones (a table may have changed in between).
+                    if prepared.columns == ps.columns:
+                        ps.columns = prepared.columns  # the same: compared by identity from now on
+                    else:
+                        supply = prepared.columns
+                        log.debug("client %d: the link may leave out column definitions the client lacks; "
+                                  "putting them in", self.proxy_id)
             else:
                 payload = with_statement_id(payload, prepared.id)
             if cmd == Command.STMT_SEND_LONG_DATA:
@@ -473,7 +483,7 @@ class ClientConnection(asyncio.Protocol):
                 session.pin(PIN_LONG_DATA)
                 self._done()
                 return
-        link.start_relay(payload, seq, cmd, self, session.client_caps, alias)
+        link.start_relay(payload, seq, cmd, self, session.client_caps, alias, supply)
 
     async def _prepare_and_send(self, link: BackendLink, ps: PreparedStatement) -> None:
         try:
@@ -488,7 +498,7 @@ class ClientConnection(asyncio.Protocol):
             return
         prepared = reply.tracker.prepare
         assert prepared is not None
-        link.remember_statement(ps.sql, prepared.statement_id, prepared.num_params)
+        link.remember_statement(ps.sql, prepared.statement_id, prepared.num_params, tuple(reply.tracker.columns))
         if self._phase == _CLOSED:
             self._give_back(link)
             return
@@ -603,10 +613,17 @@ class ClientConnection(asyncio.Protocol):
             session.last_link, session.last_link_uses = link, link.uses
         if cmd == Command.STMT_PREPARE and tr.prepare is not None:
             sql = payload[1:]
-            session.statements[tr.statement_alias] = PreparedStatement(sql, tr.prepare.num_params, tr.prepare.num_columns)
-            link.remember_statement(sql, tr.prepare.statement_id, tr.prepare.num_params)
+            columns = tuple(tr.columns)
+            session.statements[tr.statement_alias] = PreparedStatement(sql, tr.prepare.num_params, tr.prepare.num_columns,
+                                                                       columns=columns)
+            link.remember_statement(sql, tr.prepare.statement_id, tr.prepare.num_params, columns)
         elif session.pins and (cmd == Command.STMT_EXECUTE or cmd == Command.STMT_RESET):
             session.unpin(PIN_LONG_DATA)
+        if tr.columns and cmd == Command.STMT_EXECUTE and self._statement is not None:
+            # Metadata caching: the client got (new) definitions, which this link's server now holds as sent.
+            self._statement.columns = columns = tuple(tr.columns)
+            if (prepared := link.prepared.get(self._statement.sql)) is not None:
+                prepared.columns = columns
         if cmd == Command.STMT_RESET or (tr.error_code and cmd == Command.STMT_EXECUTE):
             link.forget_bound_types()  # what the server keeps bound is no longer certain
         if read_back:

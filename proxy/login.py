@@ -49,6 +49,17 @@ class Refused:
 
 Step = Send | Accepted | Refused
 
+
+def offered_caps(server_caps: int) -> int:
+    """What the greeting offers: SERVER_CAPS, and MariaDB's metadata caching when the server has it.
+
+    Like a MariaDB server, the greeting then leaves out CLIENT_MYSQL: that is how a client
+    learns to read (and send) the extended capabilities.
+    """
+    if server_caps & Cap.MARIADB_CACHE_METADATA:
+        return (SERVER_CAPS & ~Cap.CLIENT_MYSQL) | Cap.MARIADB_CACHE_METADATA
+    return SERVER_CAPS
+
 _ANSWER, _SWITCHED, _OVER = range(3)
 
 
@@ -62,17 +73,20 @@ class Login:
         self.database: str | None = None
         self.collation = DEFAULT_COLLATION
         self.caps = 0
+        self.offered = SERVER_CAPS  # what the greeting offered
         self._password_of = password_of
         self._host = client_host  # for "Access denied for user 'u'@'host'", as the server words it
         self._phase = _ANSWER
         self._expect_seq = 1  # the sequence id of the client's next packet
 
-    def greeting(self, server_version: str, connection_id: int) -> bytes:
+    def greeting(self, server_version: str, connection_id: int, server_caps: int = 0) -> bytes:
+        """``server_caps``: the backend server's, as far as known (0 before any link was opened)."""
+        self.offered = offered_caps(server_caps)
         hs = Handshake(
             server_version=server_version,
             connection_id=connection_id,
             scramble=self.scramble,
-            capabilities=SERVER_CAPS,
+            capabilities=self.offered,
             collation=DEFAULT_COLLATION,
             status=Status.AUTOCOMMIT,
             auth_plugin=self.plugin,
@@ -91,7 +105,7 @@ class Login:
             raise ProtocolError("TLS is not offered by this proxy")
         resp = parse_handshake_response(payload)
         self.user, self.database, self.collation = resp.user, resp.database, resp.collation
-        self.caps = resp.capabilities & SERVER_CAPS
+        self.caps = resp.capabilities & self.offered
         plugin = resp.auth_plugin or auth.NATIVE
         # A client that names no plugin scrambled for the one offered (or sent no password at all).
         if plugin in auth.SCRAMBLE_PLUGINS and (resp.auth_plugin or not resp.auth_response or plugin == self.plugin):

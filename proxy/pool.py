@@ -12,9 +12,9 @@ waiter, retrying with capped backoff while the server is down and anyone
 waits. A waiter whose ``queue_timeout`` passes gets a PoolTimeout through its
 callback. So a queued command costs one deque entry: no task, no timer of its own.
 
-The pool knows nothing of SQL. Links are partitioned by ``key`` (whether the
-link was opened with CLIENT_FOUND_ROWS, which changes what the server answers);
-the cap is shared by all keys.
+The pool knows nothing of SQL. Links are partitioned by ``kind``: the client
+capabilities a link was opened with that change what the server answers
+(KIND_CAPS: CLIENT_FOUND_ROWS, MariaDB's metadata caching); the cap is shared by all kinds.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from .mysql.packets import ProtocolError
 
 log = logging.getLogger("proxy.pool")
 
-Connector = Callable[[bool, Callable[[BackendLink], None], float], Awaitable[BackendLink]]
+Connector = Callable[[int, Callable[[BackendLink], None], float], Awaitable[BackendLink]]
 # Called once per lease that had to wait: (link, None) or (None, PoolTimeout).
 LeaseCallback = Callable[["BackendLink | None", "PoolTimeout | None"], None]
 
@@ -52,10 +52,10 @@ class PoolTimeout(Exception):
         self.message = message
 
 
-# A queued lease: (key, callback, since), ``since`` in event-loop time. A plain tuple: one
+# A queued lease: (kind, callback, since), ``since`` in event-loop time. A plain tuple: one
 # is made for every command that queues, and an instance of a class costs several times more.
 # A client has one waiter at a time, so no two queued waiters are equal.
-Waiter = tuple[bool, LeaseCallback, float]
+Waiter = tuple[int, LeaseCallback, float]
 
 
 @dataclass
@@ -77,11 +77,12 @@ class Pool:
     _connector: Connector
     links: set[BackendLink] = field(default_factory=set)  # open links, idle or leased
     opening: int = 0
-    idle: dict[bool, list[BackendLink]] = field(default_factory=lambda: {False: [], True: []})
+    idle: dict[int, list[BackendLink]] = field(default_factory=dict)  # by kind
     waiters: deque[Waiter] = field(default_factory=deque)
     stats: PoolStats = field(default_factory=PoolStats)
     last_connect_error: str | None = None
     server_version: str | None = None
+    server_caps: int = 0  # the server's capabilities, as its last greeting offered them
     paused: bool = False
     on_first_link: Callable[[BackendLink], Awaitable[None]] | None = None
     effective_cap: int = 0
@@ -121,7 +122,13 @@ class Pool:
         return len(self.links) + self.opening
 
     def idle_count(self) -> int:
-        return len(self.idle[False]) + len(self.idle[True])
+        return sum(len(idle) for idle in self.idle.values())
+
+    def _idle_of(self, kind: int) -> list[BackendLink]:
+        idle = self.idle.get(kind)
+        if idle is None:
+            idle = self.idle[kind] = []
+        return idle
 
     def snapshot(self) -> dict[str, int | float | str | None]:
         return {
@@ -146,10 +153,10 @@ class Pool:
 
     # -- lease ---------------------------------------------------------------------
 
-    def lease(self, key: bool, callback: LeaseCallback) -> BackendLink | Waiter:
-        """An idle link now, or a Waiter whose callback gets one (or a timeout) later."""
+    def lease(self, kind: int, callback: LeaseCallback) -> BackendLink | Waiter:
+        """An idle link of ``kind`` now, or a Waiter whose callback gets one (or a timeout) later."""
         if not self.waiters and not self.paused:
-            idle = self.idle[key]
+            idle = self.idle.get(kind)
             if idle:
                 link = idle[-1]
                 ping_after = self.cfg.ping_after_idle
@@ -160,17 +167,17 @@ class Pool:
                     return link
         loop = self._loop or self.loop
         since = loop.time()
-        waiter = (key, callback, since)
+        waiter = (kind, callback, since)
         self.waiters.append(waiter)
         self.stats.queued_leases += 1
         if self._timer is None:
             self._timer = loop.call_at(since + self.cfg.queue_timeout, self._expire_due)
         # The usual queued case (every link busy, none opening room) has nothing to start.
-        if self.idle[False] or self.idle[True] or len(self.links) + self.opening < self.effective_cap:
+        if len(self.links) + self.opening < self.effective_cap or any(self.idle.values()):
             self._kick()
         return waiter
 
-    async def acquire(self, key: bool) -> BackendLink:
+    async def acquire(self, kind: int) -> BackendLink:
         """``lease`` for the proxy's own slow paths: await a link or PoolTimeout."""
         fut: asyncio.Future[BackendLink] = asyncio.get_running_loop().create_future()
 
@@ -183,7 +190,7 @@ class Pool:
             else:
                 fut.set_exception(error or PoolTimeout("no link"))
 
-        got = self.lease(key, done)
+        got = self.lease(kind, done)
         if isinstance(got, BackendLink):
             return got
         try:
@@ -203,7 +210,7 @@ class Pool:
         """The given link, if it is idle (a session wants the link its last statement ran on)."""
         if self.waiters or self.paused or link.closed or not link.in_pool:
             return None
-        self.idle[link.found_rows].remove(link)
+        self.idle[link.kind].remove(link)
         link.in_pool = False
         self.stats.leases += 1
         return link
@@ -215,7 +222,7 @@ class Pool:
         now = loop.time()
         timeout = self.cfg.queue_timeout
         while self.waiters and self.waiters[0][2] + timeout <= now:
-            _key, callback, since = self.waiters.popleft()
+            _kind, callback, since = self.waiters.popleft()
             self.stats.queue_timeouts += 1
             self.stats.total_wait += now - since
             callback(None, PoolTimeout(self._timeout_message()))
@@ -236,21 +243,23 @@ class Pool:
         """Start whatever async work serves the queue: pings of stale idle links, new links."""
         if self.paused or not self.waiters:
             return
-        key = self.waiters[0][0]
-        idle = self.idle[key]
+        kind = self.waiters[0][0]
+        idle = self.idle.get(kind)
         if idle:
             link = idle.pop()
             link.in_pool = False
             self._spawn(self._ping_then_hand_over(link))
             return
-        if self.total >= self.effective_cap and self.idle[not key]:
-            # Full, and the idle links are of the other kind: close one to make room.
-            self._drop(self.idle[not key][0])
-            return
+        if self.total >= self.effective_cap:
+            # Full, and the idle links (if any) are of other kinds: close one to make room.
+            for other in self.idle.values():
+                if other:
+                    self._drop(other[0])
+                    return
         wanted = min(len(self.waiters), self.cfg.max_concurrent_connects) - self.opening
         while wanted > 0 and self.total < self.effective_cap:
             self.opening += 1
-            self._spawn(self._open(key))
+            self._spawn(self._open(kind))
             wanted -= 1
 
     def _spawn(self, coro: Any) -> None:
@@ -268,13 +277,13 @@ class Pool:
             return
         self.release(link)
 
-    async def _open(self, key: bool) -> None:
+    async def _open(self, kind: int) -> None:
         """Open a link (slot already counted) and give it to the queue, retrying while anyone waits."""
         link = None
         try:
             while self.waiters and not self.paused:
                 try:
-                    link = await self._connector(key, self._idle_death, self.cfg.connect_timeout)
+                    link = await self._connector(kind, self._idle_death, self.cfg.connect_timeout)
                     break
                 except ServerError as e:
                     self.stats.connect_failures += 1
@@ -296,6 +305,7 @@ class Pool:
         self.stats.connects += 1
         self.stats.max_open_seen = max(self.stats.max_open_seen, len(self.links))
         self.server_version = link.facts.server_version
+        self.server_caps = link.facts.server_caps
         self.last_connect_error = None
         if not self._first_link_done and self.on_first_link is not None:
             self._first_link_done = True
@@ -346,8 +356,8 @@ class Pool:
         # (Inline, not a method of its own: this runs once per statement while clients queue.)
         waiters = self.waiters
         if waiters and not self.paused:
-            key, callback, since = waiters[0]
-            if key != link.found_rows:
+            kind, callback, since = waiters[0]
+            if kind != link.kind:
                 # First in line wants the other kind: make room for it.
                 self._drop(link)
                 return
@@ -360,7 +370,7 @@ class Pool:
             return
         link.set_idle()
         link.in_pool = True
-        self.idle[link.found_rows].append(link)
+        self._idle_of(link.kind).append(link)
 
     def discard(self, link: BackendLink) -> None:
         """A link in unknown state or dead: close it, never reuse it."""
@@ -368,7 +378,7 @@ class Pool:
 
     def _drop(self, link: BackendLink) -> None:
         if link.in_pool:
-            self.idle[link.found_rows].remove(link)
+            self.idle[link.kind].remove(link)
             link.in_pool = False
         if link in self.links:
             self.links.discard(link)

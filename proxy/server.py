@@ -105,8 +105,8 @@ class ProxyServer:
         if not task.cancelled() and task.exception() is not None:
             log.error("internal error in a client task", exc_info=task.exception())
 
-    async def _connect(self, key: bool, on_idle_death: Any, timeout: float) -> BackendLink:
-        return await open_link(self.config.backend, found_rows=key, timeout=timeout, on_idle_death=on_idle_death)
+    async def _connect(self, kind: int, on_idle_death: Any, timeout: float) -> BackendLink:
+        return await open_link(self.config.backend, kind=kind, timeout=timeout, on_idle_death=on_idle_death)
 
     def admin_statement(self, sql: str, caps: int) -> list[bytes]:
         """The admin console's answer to one statement (payloads to frame)."""

@@ -147,6 +147,9 @@ class PreparedStatement:
     num_params: int
     num_columns: int
     param_types: bytes | None = None  # from the last execute that bound them
+    # The column definitions the client last received for it (MariaDB's metadata caching: an
+    # execute whose server leaves them out is decoded with these).
+    columns: tuple[bytes, ...] = ()
 
 
 @dataclass

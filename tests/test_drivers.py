@@ -34,6 +34,7 @@ import pymysql.cursors
 import pytest
 from pymysql.constants import CLIENT
 
+from cache_metadata_client import CachingClient
 from conftest import APP_DB, APP_PASSWORD, APP_USER, MariaDB, ProxyProcess, run_cli
 
 ADMIN = {"admin": {"user": "admin", "password": "adminpw"}}
@@ -1497,3 +1498,128 @@ def test_prepared_statement_follows_a_schema_change_on_every_link(mariadb: Maria
     after = ("id", "v", "w"), [(1, "10", dt.date(2024, 1, 2)), (2, "20", dt.date(2024, 1, 2))]
     assert [(ph, (names, [tuple(r) for r in rows])) for ph, (names, rows) in via] == \
         [("before", before)] * 4 + [("after", after)] * 4
+
+
+# --------------------------------------------------------------------------- MariaDB metadata caching
+
+# Connector/C (and so sysbench, Connector/Python) asks for MARIADB_CLIENT_CACHE_METADATA: the server
+# then leaves an execute's column definitions out while they are unchanged, and the client decodes
+# the rows with the ones it holds. Through the proxy a statement runs on several links, each with
+# its own idea of what that client holds.
+
+
+def _mariadb_connect(host: str, port: int) -> Callable[..., Any]:
+    import mariadb
+
+    def connect(**kw: Any) -> Any:
+        args = {"host": host, "port": port, "user": APP_USER, "password": APP_PASSWORD, "database": APP_DB,
+                "autocommit": True, "connect_timeout": 10}
+        args.update(kw)
+        return mariadb.connect(**args)
+
+    return connect
+
+
+def _caching_client(host: str, port: int) -> CachingClient:
+    return CachingClient(host, port, APP_USER, APP_PASSWORD, APP_DB)
+
+
+def metadata_cache_script(connect: Callable[[], CachingClient], alter: Callable[[str], None],
+                          hold_a_link: Callable[[], Callable[[], None]]) -> list[tuple[str, Any]]:
+    """A long-lived prepared SELECT * whose table changes; an execute then runs where the statement is new.
+
+    ``hold_a_link`` keeps the link the statement ran on busy (through the proxy: another session's
+    open transaction), so that the execute after the ALTER TABLE is prepared afresh on another link,
+    whose server then leaves out definitions the client has never seen. It returns the function
+    that lets go of it.
+    """
+    out: list[tuple[str, Any]] = []
+    c = connect()
+    assert c.cache_metadata, "metadata caching was not offered"
+    c.query("DROP TABLE IF EXISTS drv_meta")
+    c.query("CREATE TABLE drv_meta (id INT PRIMARY KEY, v INT)")
+    c.query("INSERT INTO drv_meta VALUES (1, 10), (2, 20)")
+    stmt = c.prepare("SELECT * FROM drv_meta WHERE id >= ? ORDER BY id")
+
+    def run(step: str) -> None:
+        out.append((step, c.execute(stmt, 1)))
+
+    run("first")
+    run("again, definitions left out")
+    let_go = hold_a_link()
+    alter("ALTER TABLE drv_meta MODIFY v VARCHAR(10), ADD COLUMN w DATE DEFAULT '2024-01-02'")
+    run("after ALTER, on a link new to the statement")
+    run("after ALTER, again")
+    let_go()
+    for i in range(3):
+        run(f"after ALTER, any link {i}")
+    alter("ALTER TABLE drv_meta DROP COLUMN w")
+    run("after the second ALTER")
+    c.query("DROP TABLE drv_meta")
+    c.close()
+    return out
+
+
+def wait_for_first_link(p: ProxyProcess) -> None:
+    """Until the proxy's first link (opened at start) told it what the server offers its clients."""
+    deadline = time.monotonic() + 10
+    while int(admin_query(p, "SHOW POOLS")[0]["connects"]) < 1:
+        assert time.monotonic() < deadline, "the proxy opened no link in 10 s"
+        time.sleep(0.05)
+
+
+def test_mariadb_metadata_caching_stays_right_across_links(mariadb: MariaDB,
+                                                           proxy_factory: Callable[..., ProxyProcess]) -> None:
+    def alter(stmt: str) -> None:
+        mariadb.sql(f"ALTER TABLE `{APP_DB}`.{stmt.removeprefix('ALTER TABLE ')}")
+
+    direct = metadata_cache_script(lambda: _caching_client(mariadb.host, mariadb.port), alter, lambda: lambda: None)
+    p = start_proxy(proxy_factory)
+
+    def hold_a_link() -> Callable[[], None]:
+        # A client of the same kind (metadata caching), or it would get a link of its own kind.
+        holder = _caching_client(p.host, p.port)
+        holder.query("BEGIN")  # a transaction that touches no table: the ALTER does not wait for it
+
+        def let_go() -> None:
+            holder.query("ROLLBACK")
+            holder.close()
+
+        return let_go
+
+    with proxy_log_on_failure(p):
+        wait_for_first_link(p)
+        via = metadata_cache_script(lambda: _caching_client(p.host, p.port), alter, hold_a_link)
+        assert any(int(b["cache_metadata"]) == 1 for b in admin_query(p, "SHOW BACKENDS"))
+        # The case this test is for did happen: a link's server left out definitions the client lacked.
+        assert "putting them in" in p.log()
+    assert_same(direct, via)
+    names = [got[0] for _step, got in via]
+    assert names == [["id", "v"]] * 2 + [["id", "v", "w"]] * 5 + [["id", "v"]]
+    assert all(len(got[1]) == 2 for _step, got in via)  # both rows, every time
+
+
+def test_clients_with_and_without_metadata_caching_share_a_pool(mariadb: MariaDB,
+                                                               proxy_factory: Callable[..., ProxyProcess]) -> None:
+    """Each kind of client gets links of its own kind; the cap is shared (2 here) and never passed."""
+    p = start_proxy(proxy_factory)
+    with proxy_log_on_failure(p):
+        wait_for_first_link(p)
+        caching = _mariadb_connect(p.host, p.port)()
+        plain = p.connect()
+        for round_ in range(5):
+            cur = caching.cursor(prepared=True)
+            cur.execute("SELECT ? + 1, 'x'", (round_,))
+            assert cur.fetchall() == [(round_ + 1, "x")]
+            cur.close()
+            text = caching.cursor()
+            text.execute("SELECT 1 AS a, NULL AS b")
+            assert ([d[0] for d in text.description], text.fetchall()) == (["a", "b"], [(1, None)])
+            with plain.cursor() as c:
+                c.execute("SELECT 2 AS a, 'y' AS b")
+                assert c.fetchall() == ((2, "y"),)
+        kinds = sorted(int(b["cache_metadata"]) for b in admin_query(p, "SHOW BACKENDS"))
+        assert kinds == [0, 1], kinds  # one link of each kind: both clients were served in every round
+        assert int(admin_query(p, "SHOW POOLS")[0]["max_open_seen"]) <= 2
+        caching.close()
+        plain.close()

@@ -187,7 +187,7 @@ def test_captured_greeting_parses() -> None:
     assert hs.collation == 45
     assert hs.status == Status.AUTOCOMMIT
     assert hs.auth_plugin == "mysql_native_password"
-    assert hs.capabilities == 0x81FFF7FE
+    assert hs.capabilities == 0x1D_81FFF7FE  # MariaDB's extended ones (0x1d, metadata caching among them) in bits 32-63
     for cap in (Cap.PROTOCOL_41, Cap.SECURE_CONNECTION, Cap.PLUGIN_AUTH, Cap.SESSION_TRACK, Cap.MULTI_RESULTS):
         assert hs.capabilities & cap
     assert not hs.capabilities & Cap.LONG_PASSWORD  # MariaDB clears bit 0 to say "I am MariaDB"
@@ -259,15 +259,32 @@ def test_handshake_build_known_bytes() -> None:
     # No NUL in the scramble: the wire format ends part 2 with a NUL (real servers never send one).
     scramble=st.binary(min_size=20, max_size=20).filter(lambda s: s[-1] != 0),
     extra=st.integers(0, 2**32 - 1),
+    ext=st.integers(0, 2**32 - 1),
     collation=st.integers(0, 255),
     status=st.integers(0, 0xFFFF),
     plugin=st.sampled_from(["mysql_native_password", "caching_sha2_password", "client_ed25519"]),
 )
-def test_handshake_round_trip(version: str, conn_id: int, scramble: bytes, extra: int, collation: int,
+def test_handshake_round_trip(version: str, conn_id: int, scramble: bytes, extra: int, ext: int, collation: int,
                               status: int, plugin: str) -> None:
     caps = extra | Cap.PROTOCOL_41 | Cap.SECURE_CONNECTION | Cap.PLUGIN_AUTH
+    if not caps & Cap.CLIENT_MYSQL:
+        caps |= ext << 32  # MariaDB's extended capabilities travel only without CLIENT_MYSQL
     hs = Handshake(version, conn_id, scramble, caps, collation, status, plugin)
     assert parse_handshake(build_handshake(hs)) == hs
+
+
+def test_handshake_extended_capabilities_known_bytes() -> None:
+    # As a MariaDB 10.11 greeting lays them out: no CLIENT_MYSQL, then the 4 bytes after 6 of filler.
+    caps = (0x000FA20F & ~Cap.CLIENT_MYSQL) | Cap.MARIADB_CACHE_METADATA
+    hs = Handshake("5.7.99-x", 1, b"abcdefgh" + b"ijklmnopqrst", caps, 45, 2, "mysql_native_password")
+    raw = build_handshake(hs)
+    assert raw[raw.index(b"\x15") + 1 :].startswith(b"\x00" * 6 + b"\x10\x00\x00\x00" + b"ijklmnopqrst\x00")
+    assert parse_handshake(raw).capabilities == caps
+    # With CLIENT_MYSQL set those bytes are filler: whatever is there is not read.
+    mysql_style = bytearray(build_handshake(Handshake("8.0.1", 1, b"a" * 20, 0x000FA20F, 45, 2, "x")))
+    at = mysql_style.index(b"\x15") + 7
+    mysql_style[at : at + 4] = b"\xff\xff\xff\xff"
+    assert parse_handshake(bytes(mysql_style)).capabilities == 0x000FA20F
 
 
 def test_handshake_err_and_bad_version() -> None:
@@ -308,11 +325,13 @@ _NAME = st.text(st.characters(min_codepoint=1, max_codepoint=0x2FFF, exclude_cat
     database=st.one_of(st.none(), _NAME),
     plugin=st.sampled_from(["mysql_native_password", "caching_sha2_password"]),
     attrs=st.dictionaries(_NAME, _NAME, max_size=4),
+    ext=st.one_of(st.none(), st.integers(0, 2**32 - 1)),
 )
 def test_handshake_response_round_trip(lenenc: bool, plugin_auth: bool, attrs_cap: bool, max_packet: int,
                                        collation: int, user: str, auth: bytes, database: str | None, plugin: str,
-                                       attrs: dict[str, str]) -> None:
-    caps = Cap.PROTOCOL_41 | Cap.SECURE_CONNECTION | Cap.LONG_PASSWORD
+                                       attrs: dict[str, str], ext: int | None) -> None:
+    # A MariaDB client drops CLIENT_MYSQL (LONG_PASSWORD) and sends extended capabilities instead.
+    caps = Cap.PROTOCOL_41 | Cap.SECURE_CONNECTION | (Cap.LONG_PASSWORD if ext is None else ext << 32)
     if lenenc:
         caps |= Cap.PLUGIN_AUTH_LENENC_CLIENT_DATA
     else:
@@ -330,6 +349,7 @@ def test_handshake_response_round_trip(lenenc: bool, plugin_auth: bool, attrs_ca
     assert bool(back.capabilities & Cap.CONNECT_WITH_DB) == bool(database)
     assert back.auth_plugin == (plugin if plugin_auth else None)
     assert back.attrs == (attrs if attrs_cap else {})
+    assert back.capabilities >> 32 == (ext or 0)
 
 
 def test_handshake_response_known_bytes_lenenc_and_plain() -> None:
@@ -502,7 +522,7 @@ def test_eof_captured_and_rows_that_start_with_fe() -> None:
 
 
 async def test_live_ok_packets_session_state(mariadb: MariaDB) -> None:
-    link = await open_link(_cfg(mariadb), found_rows=False, timeout=5)
+    link = await open_link(_cfg(mariadb), kind=0, timeout=5)
     try:
         async def ok_for(sql: bytes) -> OK:
             [reply] = await link.exchange([(Command.QUERY, sql)])
@@ -543,7 +563,7 @@ async def test_live_ok_packets_session_state(mariadb: MariaDB) -> None:
 
 async def test_live_captured_literals_match(mariadb: MariaDB) -> None:
     """The OK literals in this file are what the private server sends today."""
-    link = await open_link(_cfg(mariadb), found_rows=False, timeout=5)
+    link = await open_link(_cfg(mariadb), kind=0, timeout=5)
     try:
         replies = await link.exchange([
             (Command.QUERY, b"SET time_zone='+02:00'"),

@@ -36,14 +36,14 @@ class MemoryTransport:
         return self.closed
 
 
-async def never_connects(key: bool, on_idle_death: object, timeout: float) -> BackendLink:
+async def never_connects(kind: int, on_idle_death: object, timeout: float) -> BackendLink:
     raise AssertionError("the pool must not open a link in these tests")
 
 
 def pool_with_one_link() -> tuple[Pool, BackendLink, MemoryTransport]:
     pool = Pool(PoolConfig(max_connections=1, queue_timeout=5), never_connects)
     # As the pool's connector would make it: told to report its death while idle.
-    link = BackendLink(found_rows=False, on_idle_death=pool._idle_death)
+    link = BackendLink(kind=0, on_idle_death=pool._idle_death)
     transport = MemoryTransport()
     link.connection_made(transport)  # type: ignore[arg-type]
     pool.links.add(link)

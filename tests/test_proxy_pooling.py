@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import pymysql
 import pytest
 
+from cache_metadata_client import read_lenenc
 from conftest import APP_DB, APP_USER, count_backend_connections, run_cli
 
 ADMIN = {"admin": {"user": "pooladmin", "password": "pooladmin-pw"}}
@@ -461,14 +462,6 @@ def test_unpinned_sessions_share_one_backend(mariadb, proxy_factory) -> None:
 COM_STMT_PREPARE, COM_STMT_EXECUTE, COM_STMT_CLOSE = 0x16, 0x17, 0x19
 
 
-def _read_lenenc(data: bytes, pos: int) -> tuple[int, int]:
-    first = data[pos]
-    if first < 0xFB:
-        return first, pos + 1
-    size = {0xFC: 2, 0xFD: 3, 0xFE: 8}[first]
-    return int.from_bytes(data[pos + 1 : pos + 1 + size], "little"), pos + 1 + size
-
-
 def stmt_prepare(conn, sql: str) -> tuple[int, int]:
     conn._execute_command(COM_STMT_PREPARE, sql)
     data = conn._read_packet().get_all_data()
@@ -491,7 +484,7 @@ def stmt_execute_strings(conn, stmt_id: int, params: bytes = b"") -> list[list[b
 def read_binary_strings(conn) -> list[list[bytes | None]]:
     """The binary rows of an execute's result set whose columns are all strings."""
     data = conn._read_packet().get_all_data()
-    ncols, _ = _read_lenenc(data, 0)
+    ncols, _ = read_lenenc(data, 0)
     for _ in range(ncols):
         conn._read_packet()
     conn._read_packet()  # EOF
@@ -510,7 +503,7 @@ def read_binary_strings(conn) -> list[list[bytes | None]]:
             if bitmap[(i + 2) // 8] & (1 << ((i + 2) % 8)):
                 row.append(None)
                 continue
-            n, pos = _read_lenenc(d, pos)
+            n, pos = read_lenenc(d, pos)
             row.append(d[pos : pos + n])
             pos += n
         rows.append(row)

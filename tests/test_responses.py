@@ -34,7 +34,7 @@ TIMEOUT = 10.0
 @pytest.fixture
 async def link(mariadb: MariaDB) -> AsyncIterator[BackendLink]:
     cfg = BackendConfig(host=mariadb.host, port=mariadb.port, user=APP_USER, password=APP_PASSWORD, database=APP_DB)
-    lk = await open_link(cfg, found_rows=False, timeout=5)
+    lk = await open_link(cfg, kind=0, timeout=5)
     try:
         yield lk
     finally:
@@ -60,13 +60,14 @@ async def run(link: BackendLink, sql: bytes) -> None:
     await link.exchange([(Command.QUERY, sql)])
 
 
-def track(cmd: int, packets: Sequence[bytes], client_caps: int = Cap.SESSION_TRACK) -> ResponseTracker:
+def track(cmd: int, packets: Sequence[bytes], client_caps: int = Cap.SESSION_TRACK,
+          cache_metadata: bool = False) -> ResponseTracker:
     """Feed ``packets`` one by one: MORE (or SKIM) for all but the last, DONE on the last.
 
     Also checks the relay path, where the scanner skims rows and column definitions:
     it must end at the same packet and leave the same verdict (row count, status ...).
     """
-    tr = ResponseTracker(client_caps=client_caps)
+    tr = ResponseTracker(client_caps=client_caps, cache_metadata=cache_metadata)
     tr.start(cmd)
     for i, p in enumerate(packets):
         event, _ = tr.feed(len(p), memoryview(p))
@@ -74,22 +75,23 @@ def track(cmd: int, packets: Sequence[bytes], client_caps: int = Cap.SESSION_TRA
             assert event == DONE, f"last packet ({p[:16]!r}): event {event}, expected DONE"
         else:
             assert event in (MORE, SKIM), f"packet {i} of {len(packets)} ({p[:16]!r}): event {event}, expected MORE"
-    relay(cmd, packets, client_caps, tr)
+    relay(cmd, packets, client_caps, tr, cache_metadata)
     return tr
 
 
 def _verdict(tr: ResponseTracker) -> tuple[object, ...]:
     return (tr.rows, tr.status, tr.warnings, tr.error_code, tr.result_set, tr.affected_rows, tr.insert_id,
-            tr.cursor_open, tr.state_blocks, tr.unexplained_change)
+            tr.cursor_open, tr.state_blocks, tr.unexplained_change, tr.columns)
 
 
-def relay(cmd: int, packets: Sequence[bytes], client_caps: int, reference: ResponseTracker) -> None:
+def relay(cmd: int, packets: Sequence[bytes], client_caps: int, reference: ResponseTracker,
+          cache_metadata: bool = False) -> None:
     """As BackendLink relays: the scanner shows packet heads to the tracker and stops on its verdict."""
     stream = b"".join(frame(p, (i + 1) & 0xFF) for i, p in enumerate(packets))
     for size in (len(stream), 7, 1):
         if size == 1 and len(stream) > 5000:
             continue
-        tr = ResponseTracker(client_caps=client_caps)
+        tr = ResponseTracker(client_caps=client_caps, cache_metadata=cache_metadata)
         tr.start(cmd)
         events: list[int] = []
         s = PacketScanner(tr.feed)
@@ -381,6 +383,54 @@ async def test_execute_with_cursor_then_fetch(link: BackendLink) -> None:
 # --------------------------------------------------------------------------- malformed input
 
 
+# --------------------------------------------------------------------------- MariaDB metadata caching
+
+
+@pytest.fixture
+async def caching_link(mariadb: MariaDB) -> AsyncIterator[BackendLink]:
+    cfg = BackendConfig(host=mariadb.host, port=mariadb.port, user=APP_USER, password=APP_PASSWORD, database=APP_DB)
+    lk = await open_link(cfg, kind=Cap.MARIADB_CACHE_METADATA, timeout=5)
+    try:
+        yield lk
+    finally:
+        lk.close()
+
+
+async def test_metadata_caching_column_count_flag_and_captured_definitions(caching_link: BackendLink) -> None:
+    link = caching_link
+    assert link.tracker.cache_metadata, "MariaDB 10.6+ offers metadata caching; the link asked for it"
+    await run(link, b"CREATE OR REPLACE TABLE resp_meta (a INT, b INT)")
+    await run(link, b"INSERT INTO resp_meta VALUES (1, 2)")
+    # Text results: the column count's flag says definitions follow; nothing is kept.
+    pk = await capture(link, Command.QUERY, b"SELECT a, b FROM resp_meta")
+    assert pk[0] == b"\x02\x01" and len(pk) == 1 + 2 + 1 + 1 + 1
+    tr = track(Command.QUERY, pk, cache_metadata=True)
+    assert tr.rows == 1 and tr.columns == []
+    # A PREPARE answer's column definitions are kept (its parameters' are not).
+    (prep,) = await link.exchange([(Command.STMT_PREPARE, b"SELECT * FROM resp_meta WHERE a >= ?")])
+    assert prep.tracker.prepare is not None
+    assert prep.tracker.columns == prep.packets[3:5]  # OK, 1 param def, EOF, then the 2 column defs
+    arg = execute_packet(prep.tracker.prepare.statement_id, 0, [(0x08, struct.pack("<q", 0))])
+    # The first execute: definitions left out (the PREPARE answer had them), the EOF still sent.
+    pk = await capture(link, Command.STMT_EXECUTE, arg)
+    assert pk[0] == b"\x02\x00" and len(pk) == 1 + 1 + 1 + 1 and is_eof(pk[1])
+    tr = track(Command.STMT_EXECUTE, pk, cache_metadata=True)
+    assert tr.rows == 1 and tr.columns == [] and tr.result_set
+    # The table changed: the server sends the new definitions, and they are kept.
+    await run(link, b"ALTER TABLE resp_meta ADD COLUMN c INT DEFAULT 3")
+    pk = await capture(link, Command.STMT_EXECUTE, arg)
+    assert pk[0] == b"\x03\x01" and len(pk) == 1 + 3 + 1 + 1 + 1
+    tr = track(Command.STMT_EXECUTE, pk, cache_metadata=True)
+    assert tr.rows == 1 and tr.columns == pk[1:4]
+
+
+def test_metadata_caching_column_count_without_its_flag_is_protocol_error() -> None:
+    tr = ResponseTracker(cache_metadata=True)
+    tr.start(Command.STMT_EXECUTE)
+    with pytest.raises(ProtocolError):
+        tr.feed(1, b"\x02")
+
+
 def test_short_eof_after_column_definitions_reference() -> None:
     # The well-formed case next to the bug below: a 5-byte EOF ends the column definitions.
     tr = ResponseTracker()
@@ -405,16 +455,21 @@ _PACKET = st.one_of(
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(sorted(TRACKED)), st.lists(st.tuples(_PACKET, st.booleans()), max_size=14), st.integers(0, 1))
+@given(st.sampled_from(sorted(TRACKED)), st.lists(st.tuples(_PACKET, st.booleans()), max_size=14), st.integers(0, 3))
 @example(Command.STMT_PREPARE, [(b"\x00\x01\x00\x00\x00\x01\x00\x01\x00\x00\x00\x00", False), (b"p", False),
                                 (b"\xfe", False)], 1)
 @example(Command.QUERY, [(b"\xfc\x01", False), (b"c", False), (b"\xfe\x00\x00\x02\x00\x00", False), (b"\xfb", False)], 0)
 @example(Command.QUERY, [(b"\x00\x00\x00\x02@\x00\x00\x00\x16\x00", True)], 0)
 # A big packet led by 0xFE where the EOF after the column definitions belongs: not an EOF.
 @example(Command.QUERY, [(b"\x02", False), (b"", False), (b"", False), (b"\xfe", True)], 0)
+# A column count shown as the prefix of a big packet, on a link with metadata caching: no flag byte in view.
+@example(Command.STMT_EXECUTE, [(b"\x02", True)], 2)
 def test_garbage_gives_events_or_protocol_error(cmd: int, packets: list[tuple[bytes, bool]], with_track: int) -> None:
-    """Random packets (some shown as the prefix of a big packet, as the scanner does) never crash the tracker."""
-    tr = ResponseTracker(client_caps=Cap.SESSION_TRACK if with_track else 0)
+    """Random packets (some shown as the prefix of a big packet, as the scanner does) never crash the tracker.
+
+    ``with_track``: bit 0, the client has SESSION_TRACK; bit 1, the link has metadata caching.
+    """
+    tr = ResponseTracker(client_caps=Cap.SESSION_TRACK if with_track & 1 else 0, cache_metadata=bool(with_track & 2))
     tr.start(cmd)
     for p, big in packets:
         length = len(p) + SMALL_PACKET if big and p else len(p)

@@ -326,7 +326,7 @@ def _cfg(db: MariaDB) -> BackendConfig:
 
 async def tracked(db: MariaDB, statements: Sequence[bytes]) -> tuple[Session, LinkState, LinkState]:
     """Run ``statements`` on a backend link as the proxy does; returns (session, link state after, fresh state)."""
-    link = await open_link(_cfg(db), found_rows=False, timeout=5)
+    link = await open_link(_cfg(db), kind=0, timeout=5)
     try:
         fresh = link.state.copy()
         session = Session(proxy_id=1, user=APP_USER, client_caps=Cap.SESSION_TRACK, state=link.state.copy())

@@ -40,6 +40,11 @@ class Cap:
     QUERY_ATTRIBUTES = 1 << 27
     SSL_VERIFY_SERVER_CERT = 1 << 30
     REMEMBER_OPTIONS = 1 << 31
+    # MariaDB's extended capabilities: 4 more bytes of the handshake, present when the
+    # greeting lacks CLIENT_MYSQL (bit 0, LONG_PASSWORD). Kept in bits 32-63 of the same
+    # int, as MariaDB Connector/C numbers them.
+    CLIENT_MYSQL = LONG_PASSWORD
+    MARIADB_CACHE_METADATA = 1 << 36  # COM_STMT_EXECUTE result sets skip unchanged column definitions
 
 
 # What the proxy speaks with clients: nothing it would have to translate
@@ -83,6 +88,11 @@ BACKEND_CAPS = (
     | Cap.PLUGIN_AUTH_LENENC_CLIENT_DATA
     | Cap.SESSION_TRACK
 )
+
+
+# Client capabilities that change what the server sends: a link is opened with the
+# client's own, and the pool keeps links apart by them (a link's ``kind``).
+KIND_CAPS = Cap.FOUND_ROWS | Cap.MARIADB_CACHE_METADATA
 
 
 class Status:

@@ -83,7 +83,7 @@ class Handshake:
     server_version: str
     connection_id: int
     scramble: bytes  # 20 bytes
-    capabilities: int
+    capabilities: int  # MariaDB's extended ones in bits 32-63 (when CLIENT_MYSQL is clear)
     collation: int
     status: int
     auth_plugin: str
@@ -103,7 +103,8 @@ def build_handshake(h: Handshake) -> bytes:
             struct.pack("<H", h.status),
             struct.pack("<H", (caps >> 16) & 0xFFFF),
             bytes((len(h.scramble) + 1,)),
-            b"\x00" * 10,
+            b"\x00" * 6,
+            struct.pack("<I", 0 if caps & Cap.CLIENT_MYSQL else caps >> 32),
             h.scramble[8:] + b"\x00",
             h.auth_plugin.encode() + b"\x00",
         )
@@ -137,6 +138,8 @@ def parse_handshake(p: bytes) -> Handshake:
         status, caps_hi = struct.unpack_from("<HH", p, pos + 1)
         caps |= caps_hi << 16
         data_len = p[pos + 5]
+        if not caps & Cap.CLIENT_MYSQL:
+            caps |= struct.unpack_from("<I", p, pos + 12)[0] << 32
         pos += 6 + 10
         if caps & Cap.SECURE_CONNECTION:
             n = max(13, data_len - 8)
@@ -152,7 +155,7 @@ def parse_handshake(p: bytes) -> Handshake:
 class HandshakeResponse:
     """Handshake response 41, client to server."""
 
-    capabilities: int
+    capabilities: int  # MariaDB's extended ones in bits 32-63 (when CLIENT_MYSQL is clear)
     max_packet: int
     collation: int
     user: str
@@ -172,8 +175,9 @@ def build_handshake_response(r: HandshakeResponse) -> bytes:
     else:
         caps &= ~Cap.CONNECT_WITH_DB
     out = [
-        struct.pack("<IIB", caps, r.max_packet, r.collation),
-        b"\x00" * 23,
+        struct.pack("<IIB", caps & 0xFFFFFFFF, r.max_packet, r.collation),
+        b"\x00" * 19,
+        struct.pack("<I", 0 if caps & Cap.CLIENT_MYSQL else caps >> 32),
         r.user.encode() + b"\x00",
     ]
     if caps & Cap.PLUGIN_AUTH_LENENC_CLIENT_DATA:
@@ -196,6 +200,8 @@ def parse_handshake_response(p: bytes) -> HandshakeResponse:
     caps, max_packet, collation = struct.unpack_from("<IIB", p, 0)
     if not caps & Cap.PROTOCOL_41:
         raise ProtocolError("clients older than protocol 4.1 are not supported", 1043)
+    if not caps & Cap.CLIENT_MYSQL:
+        caps |= struct.unpack_from("<I", p, 28)[0] << 32
     user, pos = read_nul_str(p, SSL_REQUEST_SIZE)
     if caps & Cap.PLUGIN_AUTH_LENENC_CLIENT_DATA:
         auth, pos = read_lenenc_str(p, pos)
@@ -434,10 +440,12 @@ def build_text_row(values: list[object]) -> bytes:
     return b"".join(b"\xfb" if v is None else lenenc_str(str(v).encode()) for v in values)
 
 
-def build_result_set(columns: list[str], rows: list[list[object]], status: int, numeric: set[str] | None = None) -> list[bytes]:
-    """Payloads of a complete text result set (sequence ids are the framer's job)."""
+def build_result_set(columns: list[str], rows: list[list[object]], status: int, caps: int = 0,
+                     numeric: set[str] | None = None) -> list[bytes]:
+    """Payloads of a complete text result set for a client with ``caps`` (sequence ids are the framer's job)."""
     numeric = numeric or set()
-    out = [lenenc_int(len(columns))]
+    # With MariaDB's metadata caching the column count says whether definitions follow: they do.
+    out = [lenenc_int(len(columns)) + (b"\x01" if caps & Cap.MARIADB_CACHE_METADATA else b"")]
     out += [build_column_def(c, c in numeric) for c in columns]
     out.append(build_eof(status))
     out += [build_text_row(r) for r in rows]

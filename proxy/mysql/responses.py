@@ -92,18 +92,27 @@ class ResponseTracker:
     state_blocks: list[bytes] = field(default_factory=list)
     unexplained_change: bool = False
     statement_alias: int = 0  # answer COM_STMT_PREPARE with this id instead of the server's
+    # The link negotiated MariaDB's metadata caching: a column count is followed by a byte that
+    # says whether column definitions follow (an execute's are left out while unchanged).
+    cache_metadata: bool = False
+    # Column definitions the response carried, kept for the statement cache: a PREPARE answer's,
+    # and with metadata caching, an execute's first result's when the server sent them.
+    columns: list[bytes] = field(default_factory=list)
     _columns_left: int = 0
     _columns_after: int = 0
+    _capture: bool = False  # keep the column definitions of this result
 
     def start(self, command: int, statement_alias: int = 0) -> None:
         self.command = command
         self.statement_alias = statement_alias
         self.state = _START_STATE.get(command, _FIRST)
         self.status = self.warnings = self.affected_rows = self.insert_id = self.error_code = self.rows = 0
-        self.status_known = self.cursor_open = self.result_set = self.unexplained_change = False
+        self.status_known = self.cursor_open = self.result_set = self.unexplained_change = self._capture = False
         self.prepare = None
         if self.state_blocks:
             self.state_blocks = []
+        if self.columns:
+            self.columns = []
 
     # The relay's hot path: one call per packet shown, an Inspector (see PacketScanner): the
     # packet is buf[at:at + length], a long one's prefix when the buffer ends sooner; read in
@@ -135,19 +144,25 @@ class ResponseTracker:
             n = first if 0 < first < 0xFB else read_lenenc_int(memoryview(buf)[at : at + length], 0)[0]
             if not n:
                 raise ProtocolError("invalid column count")
-            self._columns_left = n
             self.state = _COLUMNS
+            if self.cache_metadata:
+                return self._metadata_flag(n, length, buf, at)
+            self._columns_left = n
             self.result_set = True
             return _SKIM
         if state == _COLUMNS:
             left = self._columns_left - skimmed
             if left > 0:
                 self._columns_left = left - 1
+                if self._capture:
+                    self.columns.append(bytes(buf[at : at + length]))
+                    return _MORE
                 return _SKIM
             # An EOF packet is 5 to 8 bytes; a longer one led by 0xFE is not one (and its head may be all we see).
             if left < 0 or first != 0xFE or length < 5 or length > 8:
                 raise ProtocolError("missing EOF after column definitions")
             self._columns_left = 0
+            self._capture = False
             _w, status = _warnings_status(buf, at + 1)
             self.status = status
             self.status_known = True
@@ -173,6 +188,8 @@ class ResponseTracker:
         if state == _PREPARE_PARAMS or state == _PREPARE_COLUMNS:
             if self._columns_left:
                 self._columns_left -= 1
+                if state == _PREPARE_COLUMNS:
+                    self.columns.append(bytes(buf[at : at + length]))
                 return _MORE
             if first != 0xFE:
                 raise ProtocolError("missing EOF after prepared statement metadata")
@@ -182,6 +199,23 @@ class ResponseTracker:
                 return _MORE
             return _DONE
         raise ProtocolError(f"response tracker in unknown state {state}")  # pragma: no cover
+
+    def _metadata_flag(self, n: int, length: int, buf: Buffer, at: int) -> tuple[int, bytes | None]:
+        """The column count of a link with metadata caching: are the ``n`` definitions there?"""
+        pos = 1 if buf[at] < 0xFB else read_lenenc_int(memoryview(buf)[at : at + length], 0)[1]
+        if pos >= length or at + pos >= len(buf):  # (the latter: a huge 'column count', shown as a prefix)
+            raise ProtocolError("column count without its metadata flag")
+        first_result = not self.result_set
+        self.result_set = True
+        if not buf[at + pos]:
+            self._columns_left = 0  # left out: the client has them; the EOF comes next
+            return _SKIM
+        self._columns_left = n
+        if first_result and not self.columns and self.command == Command.STMT_EXECUTE:
+            # New definitions for a prepared statement: the statement caches must learn them.
+            self._capture = True
+            return _MORE
+        return _SKIM
 
     def _ok(self, p: memoryview) -> tuple[int, bytes | None]:
         if self.command == Command.STMT_PREPARE:
