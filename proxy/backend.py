@@ -221,7 +221,7 @@ class BackendLink(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
         mode = self._mode
-        if mode == _RELAY and self._sink is not None:
+        if (mode == _RELAY or mode == _SUPPLY) and self._sink is not None:
             sink, self._sink = self._sink, None
             sink.relay_failed(self, error, self._received_any)
         elif mode in (_IDLE, _HELD) and self._on_idle_death is not None:

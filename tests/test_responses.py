@@ -424,6 +424,88 @@ async def test_metadata_caching_column_count_flag_and_captured_definitions(cachi
     assert tr.rows == 1 and tr.columns == pk[1:4]
 
 
+class _Sink:
+    """Where a relayed response goes: the bytes, and how it ended."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.done = 0
+        self.failed: Exception | None = None
+
+    def relay_chunks(self, chunks: Sequence[bytes | memoryview]) -> None:
+        self.data += b"".join(bytes(c) for c in chunks)
+
+    def relay_done(self, link: BackendLink, event: int, chunks: Sequence[bytes | memoryview]) -> None:
+        self.relay_chunks(chunks)
+        self.done += 1
+
+    def relay_failed(self, link: BackendLink, error: Exception, received_any: bool) -> None:
+        self.failed = error
+
+
+class _Wire:
+    """The link's transport: what the proxy sends the server is not looked at here."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    abort = close
+
+
+def _packets(stream: bytes) -> list[tuple[int, bytes]]:
+    out, pos = [], 0
+    while pos < len(stream):
+        n = int.from_bytes(stream[pos : pos + 3], "little")
+        out.append((stream[pos + 3], stream[pos + 4 : pos + 4 + n]))
+        pos += 4 + n
+    return out
+
+
+def _supplied(response: list[bytes], supply: tuple[bytes, ...], chunk: int) -> tuple[_Sink, BackendLink]:
+    link = BackendLink(kind=Cap.MARIADB_CACHE_METADATA)
+    link.connection_made(_Wire())  # type: ignore[arg-type]
+    link.tracker.cache_metadata = True
+    sink = _Sink()
+    link.start_relay(b"\x17", 0, Command.STMT_EXECUTE, sink, Cap.SESSION_TRACK, supply=supply)  # type: ignore[arg-type]
+    stream = b"".join(frame(p, i + 1) for i, p in enumerate(response))
+    for i in range(0, len(stream), chunk):
+        link.data_received(stream[i : i + chunk])
+    return sink, link
+
+
+async def test_supply_mode_puts_definitions_in_and_renumbers(caching_link: BackendLink) -> None:
+    """An execute whose server left out definitions the client lacks reaches it as if they had been sent."""
+    link = caching_link
+    await run(link, b"CREATE OR REPLACE TABLE resp_supply (a INT, b VARCHAR(5))")
+    await run(link, b"INSERT INTO resp_supply VALUES (1, 'x'), (2, NULL)")
+    (prep,) = await link.exchange([(Command.STMT_PREPARE, b"SELECT * FROM resp_supply")])
+    assert prep.tracker.prepare is not None
+    defs = tuple(prep.tracker.columns)
+    skipped = await capture(link, Command.STMT_EXECUTE, execute_packet(prep.tracker.prepare.statement_id, 0, []))
+    assert skipped[0] == b"\x02\x00" and len(skipped) == 1 + 1 + 2 + 1  # count, EOF, 2 rows, EOF
+    for chunk in (1, 7, 4096):
+        sink, relay_link = _supplied(skipped, defs, chunk)
+        assert sink.failed is None and sink.done == 1
+        got = _packets(sink.data)
+        assert [seq for seq, _p in got] == list(range(1, 1 + len(skipped) + 2))  # renumbered, no gap
+        assert [p for _s, p in got] == [b"\x02\x01", *defs, *skipped[1:]]
+        assert relay_link.tracker.columns == list(defs) and relay_link.tracker.rows == 2
+    # The server sent definitions itself, or an error: passed on as they are.
+    with_defs = [b"\x02\x01", *defs, *skipped[1:]]
+    for response in (with_defs, [bytes.fromhex("ff7a04") + b"#42S02no such table"]):
+        sink, _ = _supplied(response, defs, 4096)
+        assert sink.done == 1 and [p for _s, p in _packets(sink.data)] == response
+    # A count that does not match the definitions the link sent: an error, never a wrong answer.
+    sink, _ = _supplied(skipped, defs[:1], 4096)
+    assert isinstance(sink.failed, ProtocolError) and sink.done == 0
+
+
 def test_metadata_caching_column_count_without_its_flag_is_protocol_error() -> None:
     tr = ResponseTracker(cache_metadata=True)
     tr.start(Command.STMT_EXECUTE)
