@@ -25,7 +25,7 @@ from proxy.backend import BackendLink, open_link
 from proxy.config import BackendConfig
 from proxy.mysql.constants import MULTI_STATEMENTS_ON, Cap, Command, Status
 from proxy.mysql.messages import parse_ok, parse_session_state, read_lenenc_str
-from proxy.mysql.packets import SKIM, SMALL_PACKET, PacketScanner, ProtocolError, frame
+from proxy.mysql.packets import SKIM, SMALL_PACKET, PacketReader, PacketScanner, ProtocolError, frame
 from proxy.mysql.responses import DONE, INFILE, MORE, TRACKED, ResponseTracker
 
 TIMEOUT = 10.0
@@ -459,12 +459,7 @@ class _Wire:
 
 
 def _packets(stream: bytes) -> list[tuple[int, bytes]]:
-    out, pos = [], 0
-    while pos < len(stream):
-        n = int.from_bytes(stream[pos : pos + 3], "little")
-        out.append((stream[pos + 3], stream[pos + 4 : pos + 4 + n]))
-        pos += 4 + n
-    return out
+    return PacketReader().feed(stream)  # (the reader has round-trip tests of its own in test_packets.py)
 
 
 def _supplied(response: list[bytes], supply: tuple[bytes, ...], chunk: int) -> tuple[_Sink, BackendLink]:
