@@ -78,6 +78,9 @@ class Pool:
     links: set[BackendLink] = field(default_factory=set)  # open links, idle or leased
     opening: int = 0
     idle: dict[int, list[BackendLink]] = field(default_factory=dict)  # by kind
+    # Links in the idle lists, counted where ``link.in_pool`` changes: a queued lease asks
+    # whether there are any, and summing the lists each time costs more than the lease.
+    idle_total: int = 0
     waiters: deque[Waiter] = field(default_factory=deque)
     stats: PoolStats = field(default_factory=PoolStats)
     last_connect_error: str | None = None
@@ -122,7 +125,7 @@ class Pool:
         return len(self.links) + self.opening
 
     def idle_count(self) -> int:
-        return sum(len(idle) for idle in self.idle.values())
+        return self.idle_total
 
     def _idle_of(self, kind: int) -> list[BackendLink]:
         idle = self.idle.get(kind)
@@ -163,6 +166,7 @@ class Pool:
                 if not ping_after or time.monotonic() - link.last_used <= ping_after:
                     idle.pop()
                     link.in_pool = False
+                    self.idle_total -= 1
                     self.stats.leases += 1
                     return link
         loop = self._loop or self.loop
@@ -173,7 +177,7 @@ class Pool:
         if self._timer is None:
             self._timer = loop.call_at(since + self.cfg.queue_timeout, self._expire_due)
         # The usual queued case (every link busy, none opening room) has nothing to start.
-        if len(self.links) + self.opening < self.effective_cap or any(self.idle.values()):
+        if self.idle_total or len(self.links) + self.opening < self.effective_cap:
             self._kick()
         return waiter
 
@@ -212,6 +216,7 @@ class Pool:
             return None
         self.idle[link.kind].remove(link)
         link.in_pool = False
+        self.idle_total -= 1
         self.stats.leases += 1
         return link
 
@@ -248,6 +253,7 @@ class Pool:
         if idle:
             link = idle.pop()
             link.in_pool = False
+            self.idle_total -= 1
             self._spawn(self._ping_then_hand_over(link))
             return
         if self.total >= self.effective_cap:
@@ -370,6 +376,7 @@ class Pool:
             return
         link.set_idle()
         link.in_pool = True
+        self.idle_total += 1
         self._idle_of(link.kind).append(link)
 
     def discard(self, link: BackendLink) -> None:
@@ -380,6 +387,7 @@ class Pool:
         if link.in_pool:
             self.idle[link.kind].remove(link)
             link.in_pool = False
+            self.idle_total -= 1
         if link in self.links:
             self.links.discard(link)
             link.close(quit_first=not link.closed)
@@ -431,6 +439,7 @@ class Pool:
             while idle and self.waiters:
                 link = idle.pop()
                 link.in_pool = False
+                self.idle_total -= 1
                 self.release(link)
         self._kick()
 
