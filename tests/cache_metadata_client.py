@@ -107,10 +107,10 @@ class CachingClient:
 
     # -- commands --------------------------------------------------------------------
 
-    def query(self, sql: str) -> None:
-        """A statement whose result (OK, or rows) is read and dropped."""
+    def query(self, sql: str) -> list[bytes]:
+        """A text-protocol statement: its rows' raw bytes (none for an OK)."""
         self.write(b"\x03" + sql.encode(), 0)
-        self._read_result(None)
+        return self._read_result(None)
 
     def prepare(self, sql: str) -> int:
         self.write(b"\x16" + sql.encode(), 0)

@@ -1623,3 +1623,28 @@ def test_clients_with_and_without_metadata_caching_share_a_pool(mariadb: MariaDB
         assert int(admin_query(p, "SHOW POOLS")[0]["max_open_seen"]) <= 2
         caching.close()
         plain.close()
+
+
+def test_mariadb_cli_with_metadata_caching_reads_text_results_and_the_console(
+        mariadb: MariaDB, proxy_factory: Callable[..., ProxyProcess]) -> None:
+    """The mariadb CLI (Connector/C) asks for metadata caching: the flag after every column count,
+    from the server's result sets and from the ones the admin console builds itself."""
+    p = start_proxy(proxy_factory)
+    with proxy_log_on_failure(p):
+        wait_for_first_link(p)
+        rc, out, err = run_cli(p.port, APP_USER, APP_PASSWORD, "SELECT 1 AS a, NULL AS b, 'x' AS c; SELECT 2", APP_DB)
+        assert rc == 0, err
+        assert out.splitlines() == ["1\tNULL\tx", "2"]
+        rc, out, err = run_cli(p.port, "admin", "adminpw", "SHOW BACKENDS", extra_args=("--column-names",))
+        assert rc == 0, err
+        header, *rows = out.splitlines()
+        assert "cache_metadata" in header.split("\t") and rows
+        col = header.split("\t").index("cache_metadata")
+        # The CLI's own link was opened with metadata caching: it asked for it, and so was served.
+        assert "1" in [r.split("\t")[col] for r in rows], out
+        # The CLI reads a text result's column count alone; a client that reads the flag after it
+        # must find it in the console's own result sets too.
+        console = CachingClient(p.host, p.port, "admin", "adminpw", "")
+        assert console.cache_metadata
+        assert len(console.query("SHOW POOLS")) == 1
+        console.close()
