@@ -78,7 +78,7 @@ def show_backends(server: ConsoleContext, caps: int) -> list[bytes]:
         rows.append([
             link.facts.thread_id, "idle" if id(link) in idle else "in use", link.leased_by,
             round(now - link.created, 1), round(now - link.last_used, 1), link.uses,
-            int(bool(link.kind & Cap.FOUND_ROWS)), int(bool(link.kind & Cap.MARIADB_CACHE_METADATA)), link.state.schema,
+            int(bool(link.kind & Cap.FOUND_ROWS)), int(link.tracker.cache_metadata), link.state.schema,
         ])
     cols = ["thread_id", "state", "client", "age_s", "idle_s", "statements", "found_rows", "cache_metadata", "schema"]
     return _result(cols, rows, caps, {"thread_id", "client", "statements", "found_rows", "cache_metadata"})

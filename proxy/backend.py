@@ -451,6 +451,7 @@ async def _authenticate(link: BackendLink, cfg: BackendConfig) -> None:
     if caps >> 32:
         caps &= ~Cap.CLIENT_MYSQL  # the server reads MariaDB's extended capabilities only then
     link.tracker.cache_metadata = bool(caps & Cap.MARIADB_CACHE_METADATA)
+    link.tracker.flag_without_caching = bool(link.kind & Cap.MARIADB_CACHE_METADATA) and not link.tracker.cache_metadata
     if not hs.capabilities & Cap.SESSION_TRACK:
         raise ProtocolError("the server does not support CLIENT_SESSION_TRACK (MySQL 5.7+ / MariaDB 10.2+ needed)")
     plugin = hs.auth_plugin if hs.auth_plugin in auth.SCRAMBLE_PLUGINS else auth.NATIVE

@@ -501,6 +501,58 @@ async def test_supply_mode_puts_definitions_in_and_renumbers(caching_link: Backe
     assert isinstance(sink.failed, ProtocolError) and sink.done == 0
 
 
+async def test_a_caching_client_on_a_link_without_caching_still_gets_the_flag(link: BackendLink) -> None:
+    """A server that no longer offers metadata caching (reload, downgrade) under a client that was promised it."""
+    assert not link.tracker.cache_metadata
+    await run(link, b"CREATE OR REPLACE TABLE resp_flag (a INT)")
+    await run(link, b"INSERT INTO resp_flag VALUES (7)")
+    pk = await capture(link, Command.QUERY, b"SELECT a FROM resp_flag")
+    assert pk[0] == b"\x01"
+    tr = ResponseTracker(client_caps=Cap.SESSION_TRACK | Cap.MARIADB_CACHE_METADATA, flag_without_caching=True)
+    tr.start(Command.QUERY)
+    assert tr.feed(len(pk[0]), pk[0]) == (SKIM, b"\x01\x01")  # definitions follow, as they do
+    # Relayed: only the column count changes.
+    tr.start(Command.QUERY)
+    scanner = PacketScanner(tr.feed)
+    stream = b"".join(frame(p, i + 1) for i, p in enumerate(pk))
+    out = b"".join(bytes(c) for c in scanner.feed(stream))
+    assert scanner.verdict == DONE
+    assert [p for _s, p in _packets(out)] == [b"\x01\x01", *pk[1:]]
+
+
+class _RecordingWire(_Wire):
+    def __init__(self) -> None:
+        self.sent = b""
+
+    def write(self, data: bytes) -> None:
+        self.sent += data
+
+
+@pytest.mark.parametrize("server_has_it", [True, False])
+async def test_a_caching_link_asks_for_metadata_caching_only_where_the_server_offers_it(server_has_it: bool) -> None:
+    from proxy.backend import _authenticate
+    from proxy.mysql.messages import Handshake, build_handshake, parse_handshake_response
+
+    link = BackendLink(kind=Cap.MARIADB_CACHE_METADATA)
+    wire = _RecordingWire()
+    link.connection_made(wire)  # type: ignore[arg-type]
+    caps = Cap.PROTOCOL_41 | Cap.SECURE_CONNECTION | Cap.PLUGIN_AUTH | Cap.SESSION_TRACK | Cap.TRANSACTIONS
+    # A MariaDB 10.6+ greeting (no CLIENT_MYSQL, extended capabilities), or a MySQL one.
+    caps |= Cap.MARIADB_CACHE_METADATA if server_has_it else Cap.CLIENT_MYSQL
+    cfg = BackendConfig(host="127.0.0.1", port=1, user="u", password="p")
+    task = asyncio.ensure_future(_authenticate(link, cfg))
+    link.data_received(frame(build_handshake(Handshake("v", 1, b"s" * 20, caps, 45, 2, "mysql_native_password")), 0))
+    await asyncio.sleep(0)
+    link.data_received(frame(b"\x00\x00\x00\x02\x00\x00\x00", 2))  # OK
+    await asyncio.wait_for(task, 5)
+    sent = parse_handshake_response(wire.sent[4:])
+    assert bool(sent.capabilities & Cap.MARIADB_CACHE_METADATA) == server_has_it
+    assert bool(sent.capabilities & Cap.CLIENT_MYSQL) != server_has_it  # extended capabilities only without it
+    assert link.tracker.cache_metadata == server_has_it
+    # Its clients were promised the flag: without the server's, the tracker adds it.
+    assert link.tracker.flag_without_caching == (not server_has_it)
+
+
 def test_metadata_caching_column_count_without_its_flag_is_protocol_error() -> None:
     tr = ResponseTracker(cache_metadata=True)
     tr.start(Command.STMT_EXECUTE)

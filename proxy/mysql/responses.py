@@ -95,6 +95,9 @@ class ResponseTracker:
     # The link negotiated MariaDB's metadata caching: a column count is followed by a byte that
     # says whether column definitions follow (an execute's are left out while unchanged).
     cache_metadata: bool = False
+    # The link's clients were promised that flag, but its server does not send it (it no longer
+    # offers metadata caching: a reload to another server, a downgrade): the tracker adds it.
+    flag_without_caching: bool = False
     # Column definitions the response carried, kept for the statement cache: a PREPARE answer's,
     # and with metadata caching, an execute's first result's when the server sent them.
     columns: list[bytes] = field(default_factory=list)
@@ -149,6 +152,8 @@ class ResponseTracker:
                 return self._metadata_flag(n, length, buf, at)
             self._columns_left = n
             self.result_set = True
+            if self.flag_without_caching:
+                return SKIM, bytes(buf[at : at + length]) + b"\x01"
             return _SKIM
         if state == _COLUMNS:
             left = self._columns_left - skimmed
