@@ -24,7 +24,7 @@ from .mysql.messages import OK, ServerError, build_eof, build_err, build_ok
 from .mysql.packets import PacketReader, ProtocolError, frame
 from .mysql.responses import DONE, INFILE, NO_RESPONSE, TRACKED
 from .pool import Pool, PoolTimeout, Waiter
-from .mysql.stmt import bind_execute, statement_id, with_statement_id
+from .mysql.stmt import LAST_PREPARED, bind_execute, statement_id, with_statement_id
 from .session import (
     PIN_CURSOR,
     PIN_LONG_DATA,
@@ -517,6 +517,8 @@ class ClientConnection(asyncio.Protocol):
         assert session is not None
         pid = statement_id(payload)
         ps = session.statements.get(pid)
+        if ps is None and pid == LAST_PREPARED and cmd != Command.STMT_CLOSE:
+            ps = session.statements.get(session.last_prepared)
         if cmd == Command.STMT_CLOSE:
             session.statements.pop(pid, None)
             if ps is not None and self.link is not None and PIN_CURSOR in session.pins:
@@ -617,6 +619,9 @@ class ClientConnection(asyncio.Protocol):
             session.statements[tr.statement_alias] = PreparedStatement(sql, tr.prepare.num_params, tr.prepare.num_columns,
                                                                        columns=columns)
             link.remember_statement(sql, tr.prepare.statement_id, tr.prepare.num_params, columns)
+            session.last_prepared = tr.statement_alias
+        elif cmd == Command.STMT_PREPARE:
+            session.last_prepared = 0  # it failed: id -1 names no statement now
         elif session.pins and (cmd == Command.STMT_EXECUTE or cmd == Command.STMT_RESET):
             session.unpin(PIN_LONG_DATA)
         if tr.columns and cmd == Command.STMT_EXECUTE and self._statement is not None:

@@ -165,6 +165,9 @@ class Session:
     sql_prepared: set[str] = field(default_factory=set)
     statements: dict[int, PreparedStatement] = field(default_factory=dict)
     last_statement_id: int = 0
+    # The statement a MariaDB client means by id -1 (0xFFFFFFFF): the last one prepared, unless a
+    # PREPARE failed since (0: none). Lets a client send PREPARE and EXECUTE in one round trip.
+    last_prepared: int = 0
     # What ROW_COUNT() and FOUND_ROWS() would say about the last statement,
     # and the link it ran on (with that link's use count then).
     last_row_count: int = -1

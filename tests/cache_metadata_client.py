@@ -17,6 +17,7 @@ CLIENT_MYSQL = 1
 PROTOCOL_41, TRANSACTIONS, SECURE_CONNECTION = 1 << 9, 1 << 13, 1 << 15
 MULTI_RESULTS, PS_MULTI_RESULTS, PLUGIN_AUTH, CONNECT_WITH_DB = 1 << 17, 1 << 18, 1 << 19, 1 << 3
 CACHE_METADATA_EXT = 1 << 4  # of the extended capabilities (bit 36 of all)
+LAST = 0xFFFFFFFF  # MariaDB's statement id for "the one prepared last"
 
 
 def _scramble(password: str, salt: bytes) -> bytes:
@@ -75,8 +76,12 @@ class CachingClient:
         self.seq = head[3] + 1
         return self._read_exact(int.from_bytes(head[:3], "little"))
 
+    @staticmethod
+    def _packet(payload: bytes, seq: int) -> bytes:
+        return len(payload).to_bytes(3, "little") + bytes((seq & 0xFF,)) + payload
+
     def write(self, payload: bytes, seq: int) -> None:
-        self.sock.sendall(len(payload).to_bytes(3, "little") + bytes((seq & 0xFF,)) + payload)
+        self.sock.sendall(self._packet(payload, seq))
 
     # -- login ----------------------------------------------------------------------
 
@@ -114,6 +119,9 @@ class CachingClient:
 
     def prepare(self, sql: str) -> int:
         self.write(b"\x16" + sql.encode(), 0)
+        return self._read_prepare_answer()
+
+    def _read_prepare_answer(self) -> int:
         ok = self.read()
         if ok[:1] == b"\xff":
             raise ServerError(ok)
@@ -129,15 +137,36 @@ class CachingClient:
         self.columns[stmt_id] = names
         return stmt_id
 
+    def prepare_and_execute(self, sql: str, *params: int) -> tuple[list[str], list[bytes]] | tuple[int, int]:
+        """COM_STMT_PREPARE and COM_STMT_EXECUTE for id -1 in one write, as mariadb_stmt_execute_direct()
+        does; then both answers: (names, rows), or when the PREPARE failed, both error codes."""
+        self.sock.sendall(self._packet(b"\x16" + sql.encode(), 0) + self._packet(self._execute_payload(LAST, params), 0))
+        try:
+            stmt_id = self._read_prepare_answer()
+        except ServerError as prepare_error:
+            try:
+                self._read_result(None)
+            except ServerError as execute_error:
+                return prepare_error.code, execute_error.code
+            raise AssertionError("the execute after a failed PREPARE did not fail") from prepare_error
+        self.columns[LAST] = self.columns[stmt_id]
+        rows = self._read_result(LAST)
+        self.columns[stmt_id] = self.columns.pop(LAST)
+        return list(self.columns[stmt_id]), rows
+
     def execute(self, stmt_id: int, *params: int) -> tuple[list[str], list[bytes]]:
         """Column names as the client takes them to be, and each row's raw bytes."""
+        self.write(self._execute_payload(stmt_id, params), 0)
+        rows = self._read_result(stmt_id)
+        return list(self.columns[stmt_id]), rows
+
+    @staticmethod
+    def _execute_payload(stmt_id: int, params: tuple[int, ...]) -> bytes:
         out = b"\x17" + struct.pack("<IBI", stmt_id, 0, 1)
         if params:
             out += b"\x00" * ((len(params) + 7) // 8) + b"\x01" + b"\x08\x00" * len(params)
             out += b"".join(struct.pack("<q", p) for p in params)
-        self.write(out, 0)
-        rows = self._read_result(stmt_id)
-        return list(self.columns[stmt_id]), rows
+        return out
 
     def _read_result(self, stmt_id: int | None) -> list[bytes]:
         first = self.read()

@@ -1648,3 +1648,34 @@ def test_mariadb_cli_with_metadata_caching_reads_text_results_and_the_console(
         assert console.cache_metadata
         assert len(console.query("SHOW POOLS")) == 1
         console.close()
+
+
+def execute_direct_script(connect: Callable[[], CachingClient]) -> list[tuple[str, Any]]:
+    """MariaDB's PREPARE + EXECUTE of statement id -1 in one round trip (mariadb_stmt_execute_direct)."""
+    out: list[tuple[str, Any]] = []
+    c = connect()
+    c.query("CREATE OR REPLACE TABLE drv_direct (id INT PRIMARY KEY, v VARCHAR(5))")
+    c.query("INSERT INTO drv_direct VALUES (1, 'a'), (2, 'b'), (3, 'c')")
+    out.append(("first", c.prepare_and_execute("SELECT * FROM drv_direct WHERE id >= ? ORDER BY id", 2)))
+    out.append(("another", c.prepare_and_execute("SELECT v FROM drv_direct WHERE id = ?", 1)))
+    out.append(("a PREPARE that fails", c.prepare_and_execute("SELEKT nothing", 1)))
+    out.append(("then a good one", c.prepare_and_execute("SELECT COUNT(*) AS n FROM drv_direct WHERE id > ?", 0)))
+    stmt = c.prepare("SELECT id FROM drv_direct WHERE v = 'c' AND id > ?")
+    out.append(("its own id still works", c.execute(stmt, 0)))
+    c.query("DROP TABLE drv_direct")
+    c.close()
+    return out
+
+
+def test_mariadb_execute_direct_names_the_last_prepared_statement(mariadb: MariaDB,
+                                                                 proxy_factory: Callable[..., ProxyProcess]) -> None:
+    direct = execute_direct_script(lambda: _caching_client(mariadb.host, mariadb.port))
+    p = start_proxy(proxy_factory)
+    with proxy_log_on_failure(p):
+        via = execute_direct_script(lambda: _caching_client(p.host, p.port))
+    assert_same(direct, via)
+    got = dict(via)
+    assert got["first"][0] == ["id", "v"] and len(got["first"][1]) == 2
+    assert got["a PREPARE that fails"] == (1064, 1243)  # a syntax error, then "unknown statement handler"
+    assert got["then a good one"][0] == ["n"]
+

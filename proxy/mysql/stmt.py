@@ -13,6 +13,9 @@ import struct
 from .packets import ProtocolError
 
 _EXECUTE_HEAD = 1 + 4 + 1 + 4  # command, statement id, flags, iteration count
+# MariaDB 10.2+: the statement id that means "the one prepared last on this connection" (no
+# PREPARE failed since), so a client can send COM_STMT_PREPARE and COM_STMT_EXECUTE together.
+LAST_PREPARED = 0xFFFFFFFF
 CURSOR_TYPE_READ_ONLY = 0x01
 _U32 = struct.Struct("<I")  # a statement id; precompiled: read and rewritten for every execute
 
