@@ -613,15 +613,16 @@ class ClientConnection(asyncio.Protocol):
             if tr.result_set:
                 session.last_found_rows = tr.rows
             session.last_link, session.last_link_uses = link, link.uses
-        if cmd == Command.STMT_PREPARE and tr.prepare is not None:
-            sql = payload[1:]
-            columns = tuple(tr.columns)
-            session.statements[tr.statement_alias] = PreparedStatement(sql, tr.prepare.num_params, tr.prepare.num_columns,
-                                                                       columns=columns)
-            link.remember_statement(sql, tr.prepare.statement_id, tr.prepare.num_params, columns)
-            session.last_prepared = tr.statement_alias
-        elif cmd == Command.STMT_PREPARE:
-            session.last_prepared = 0  # it failed: id -1 names no statement now
+        if cmd == Command.STMT_PREPARE:
+            if tr.prepare is not None:
+                sql = payload[1:]
+                columns = tuple(tr.columns)
+                session.statements[tr.statement_alias] = PreparedStatement(sql, tr.prepare.num_params,
+                                                                           tr.prepare.num_columns, columns=columns)
+                link.remember_statement(sql, tr.prepare.statement_id, tr.prepare.num_params, columns)
+                session.last_prepared = tr.statement_alias
+            else:
+                session.last_prepared = 0  # it failed: id -1 names no statement now
         elif session.pins and (cmd == Command.STMT_EXECUTE or cmd == Command.STMT_RESET):
             session.unpin(PIN_LONG_DATA)
         if tr.columns and cmd == Command.STMT_EXECUTE and self._statement is not None:
