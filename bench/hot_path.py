@@ -11,6 +11,7 @@ queue as they do under sysbench, and each link answers with a captured-shape res
 
     .venv/bin/python bench/hot_path.py                # 64 clients, pool 8, 200,000 queries
     .venv/bin/python bench/hot_path.py --ps --profile  # prepared statements, with cProfile's top 25
+    .venv/bin/python bench/hot_path.py --ps --cache-metadata  # as sysbench's libmariadb talks to the proxy
 
 No server is needed. The number is only comparable between runs on the same machine.
 """
@@ -31,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from proxy import config as config_mod  # noqa: E402
 from proxy.backend import BackendLink  # noqa: E402
 from proxy.frontend import _COMMAND, ClientConnection  # noqa: E402
-from proxy.mysql.constants import Cap, Command, Status  # noqa: E402
+from proxy.mysql.constants import KIND_CAPS, Cap, Command, Status  # noqa: E402
 from proxy.mysql.messages import build_result_set  # noqa: E402
 from proxy.mysql.packets import frame  # noqa: E402
 from proxy.server import ProxyServer  # noqa: E402
@@ -72,20 +73,23 @@ class MemoryTransport:
         pass
 
 
-def text_response(seq: int) -> bytes:
-    payloads = build_result_set(["c"], [["x" * 119]], Status.AUTOCOMMIT)
+def text_response(seq: int, caps: int) -> bytes:
+    payloads = build_result_set(["c"], [["x" * 119]], Status.AUTOCOMMIT, caps)
     return b"".join(frame(p, seq + i) for i, p in enumerate(payloads))
 
 
-def binary_response(seq: int) -> bytes:
+def binary_response(seq: int, caps: int) -> bytes:
     # Column count, one definition, EOF, one binary row (header 0x00, null bitmap, lenenc string), EOF.
+    # With metadata caching the server leaves the unchanged definition out: count (flag 0), EOF, row, EOF.
     text = build_result_set(["c"], [], Status.AUTOCOMMIT)
     row = b"\x00\x00" + bytes((119,)) + b"x" * 119
     payloads = text[:3] + [row] + text[3:]
+    if caps & Cap.MARIADB_CACHE_METADATA:
+        payloads = [payloads[0] + b"\x00"] + payloads[2:]
     return b"".join(frame(p, seq + i) for i, p in enumerate(payloads))
 
 
-async def run(clients: int, pool_size: int, queries: int, ps: bool, profile: bool) -> float:
+async def run(clients: int, pool_size: int, queries: int, ps: bool, profile: bool, caps: int) -> float:
     cfg = config_mod.parse({
         "listen": {"host": "127.0.0.1", "port": 1},
         "backend": {"host": "127.0.0.1", "port": 2, "user": "app", "password": "x"},
@@ -95,7 +99,8 @@ async def run(clients: int, pool_size: int, queries: int, ps: bool, profile: boo
     pool = server.pool
     links: list[tuple[BackendLink, MemoryTransport]] = []
     for _ in range(pool_size):
-        link = BackendLink(kind=0)
+        link = BackendLink(kind=caps & KIND_CAPS)
+        link.tracker.cache_metadata = bool(caps & Cap.MARIADB_CACHE_METADATA)
         t = MemoryTransport()
         link.connection_made(t)  # type: ignore[arg-type]
         link.state = LinkState(schema="sbtest")
@@ -109,7 +114,8 @@ async def run(clients: int, pool_size: int, queries: int, ps: bool, profile: boo
         c.connection_made(t)  # type: ignore[arg-type]
         if c._handshake_timer is not None:
             c._handshake_timer.cancel()
-        c.session = Session(proxy_id=c.proxy_id, user="app", client_caps=CLIENT_CAPS, state=LinkState(schema="sbtest"))
+        c.session = Session(proxy_id=c.proxy_id, user="app", client_caps=caps, state=LinkState(schema="sbtest"))
+        c._pool_kind = caps & KIND_CAPS  # as its login would set it
         c._phase = _COMMAND
         conns.append((c, t))
 
@@ -131,14 +137,14 @@ async def run(clients: int, pool_size: int, queries: int, ps: bool, profile: boo
         request = frame(head + b"\x00" + (1234).to_bytes(4, "little"), 0)
         for c, _t in conns:
             c.data_received(first_request)
-            await answer_links(links, prepare_answer, binary_response(1))
+            await answer_links(links, prepare_answer, binary_response(1, caps))
         for c, t in conns:
             t.written.clear()
-        response = binary_response(1)
+        response = binary_response(1, caps)
     else:
         prepare_answer = b""
         request = frame(b"\x03SELECT c FROM sbtest1 WHERE id=5023", 0)
-        response = text_response(1)
+        response = text_response(1, caps)
 
     ready: deque[ClientConnection] = deque(c for c, _ in conns)
     prof = cProfile.Profile() if profile else None
@@ -192,9 +198,12 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200_000)
     ap.add_argument("--ps", action="store_true", help="COM_STMT_EXECUTE instead of text queries")
     ap.add_argument("--profile", action="store_true", help="print cProfile's top functions (slows the run)")
+    ap.add_argument("--cache-metadata", action="store_true",
+                    help="clients and links with MariaDB's metadata caching, as sysbench (libmariadb) has them")
     args = ap.parse_args()
-    us = asyncio.run(run(args.clients, args.pool, args.queries, args.ps, args.profile))
-    kind = "COM_STMT_EXECUTE" if args.ps else "COM_QUERY"
+    caps = CLIENT_CAPS | (Cap.MARIADB_CACHE_METADATA if args.cache_metadata else 0)
+    us = asyncio.run(run(args.clients, args.pool, args.queries, args.ps, args.profile, caps))
+    kind = ("COM_STMT_EXECUTE" if args.ps else "COM_QUERY") + (", metadata caching" if args.cache_metadata else "")
     print(f"{kind}: {us:.2f} us of CPU per query ({args.clients} clients, pool {args.pool}, {args.queries} queries)")
 
 
