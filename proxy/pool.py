@@ -124,14 +124,6 @@ class Pool:
     def total(self) -> int:
         return len(self.links) + self.opening
 
-    def idle_count(self) -> int:
-        return self.idle_total
-
-    def _idle_of(self, kind: int) -> list[BackendLink]:
-        idle = self.idle.get(kind)
-        if idle is None:
-            idle = self.idle[kind] = []
-        return idle
 
     def snapshot(self) -> dict[str, int | float | str | None]:
         return {
@@ -140,8 +132,8 @@ class Pool:
             "effective_cap": self.effective_cap,
             "open": len(self.links),
             "opening": self.opening,
-            "idle": self.idle_count(),
-            "in_use": len(self.links) - self.idle_count(),
+            "idle": self.idle_total,
+            "in_use": len(self.links) - self.idle_total,
             "waiting": len(self.waiters),
             "connects": self.stats.connects,
             "connect_failures": self.stats.connect_failures,
@@ -377,7 +369,7 @@ class Pool:
         link.set_idle()
         link.in_pool = True
         self.idle_total += 1
-        self._idle_of(link.kind).append(link)
+        self.idle.setdefault(link.kind, []).append(link)
 
     def discard(self, link: BackendLink) -> None:
         """A link in unknown state or dead: close it, never reuse it."""

@@ -112,15 +112,15 @@ async def test_kinds_are_kept_apart_and_an_idle_link_of_another_kind_makes_room(
     pool = Pool(PoolConfig(max_connections=1, queue_timeout=5), connects)
     plain = await pool.acquire(0)
     pool.release(plain)
-    assert pool.idle_count() == idle_in_lists() == 1
+    assert pool.idle_total == idle_in_lists() == 1
     # A client of another kind, the cap reached: the idle link of the other kind is closed for it.
     caching = await pool.acquire(Cap.MARIADB_CACHE_METADATA)
     assert caching.kind == Cap.MARIADB_CACHE_METADATA and plain.closed
-    assert pool.total == 1 and pool.idle_count() == idle_in_lists() == 0
+    assert pool.total == 1 and pool.idle_total == idle_in_lists() == 0
     pool.release(caching)
     assert pool.lease(Cap.MARIADB_CACHE_METADATA, lambda *_: None) is caching  # its own kind: lent at once
     pool.release(caching)
-    assert pool.take_back(caching) is caching and pool.idle_count() == idle_in_lists() == 0
+    assert pool.take_back(caching) is caching and pool.idle_total == idle_in_lists() == 0
     pool.release(caching)
     pool.close_all()
-    assert pool.idle_count() == idle_in_lists() == 0
+    assert pool.idle_total == idle_in_lists() == 0
