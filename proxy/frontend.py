@@ -698,7 +698,10 @@ class ClientConnection(asyncio.Protocol):
             log.info("client %d: link died before answering; sending the statement again on a new link", self.proxy_id)
             self._lease()
             return
-        what = "the open transaction was rolled back" if in_transaction else "the statement may or may not have run"
+        # A COMMIT (or a statement that commits implicitly) the server ran just before the link
+        # went may have ended the transaction first: the same doubt a direct client has.
+        what = ("the open transaction was rolled back, unless this statement committed it" if in_transaction
+                else "the statement may or may not have run")
         lost_state = ", ".join(session.pins) or "none"
         log.warning("client %d: link lost mid-command (%s; pinned for: %s)", self.proxy_id, what, lost_state)
         session.forget_link_state()

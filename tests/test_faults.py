@@ -84,6 +84,9 @@ def test_restart_under_load_loses_and_doubles_nothing(mariadb, proxy_factory):
     p = proxy_factory({"pool": {"max_connections": 5, "queue_timeout": 30, "reconnect_backoff_max": 0.5}})
     stop = threading.Event()
     committed = [0] * 20
+    # COMMITs whose answer was lost: the server may have committed them before the link went
+    # (a direct client has the same doubt). Each may or may not be in the counter.
+    commit_unknown = [0] * 20
     failures: list[tuple[int, str]] = []
     recovered_at: dict[int, float] = {}  # client -> its first success after the restart
     restart_done = threading.Event()
@@ -101,7 +104,11 @@ def test_restart_under_load_loses_and_doubles_nothing(mariadb, proxy_factory):
                 else:
                     cur.execute("BEGIN")
                     cur.execute("UPDATE counter SET n = n + 1 WHERE id=1")
-                    cur.execute("COMMIT")
+                    try:
+                        cur.execute("COMMIT")
+                    except pymysql.err.OperationalError:
+                        commit_unknown[i] += 1
+                        raise
                     committed[i] += 1
                 if restart_done.is_set() and i not in recovered_at:
                     recovered_at[i] = time.monotonic()
@@ -128,7 +135,10 @@ def test_restart_under_load_loses_and_doubles_nothing(mariadb, proxy_factory):
     for t in threads:
         t.join(30)
     n = mariadb.sql(f"SELECT n FROM {APP_DB}.counter WHERE id=1")[0][0]
-    assert n == sum(committed), f"counter {n} != commits seen {sum(committed)}; failures {failures[:5]}"
+    # Nothing lost (every commit the client saw is there), nothing doubled (nothing beyond those
+    # and the commits whose answer was lost).
+    assert sum(committed) <= n <= sum(committed) + sum(commit_unknown), \
+        f"counter {n}, commits seen {sum(committed)}, commits with a lost answer {sum(commit_unknown)}; failures {failures[:5]}"
     # Only statements in flight during the restart may fail, and only with "lost connection".
     assert all(code in (2013,) for code, _ in failures), failures[:5]
     assert len(failures) <= 20 * 3, failures[:5]
