@@ -78,10 +78,10 @@ def show_backends(server: ConsoleContext, caps: int) -> list[bytes]:
         rows.append([
             link.facts.thread_id, "idle" if id(link) in idle else "in use", link.leased_by,
             round(now - link.created, 1), round(now - link.last_used, 1), link.uses,
-            int(bool(link.kind & Cap.FOUND_ROWS)), int(link.tracker.cache_metadata), link.state.schema,
+            int(bool(link.kind & Cap.FOUND_ROWS)), int(link.tracker.cache_metadata), int(link.tls), link.state.schema,
         ])
-    cols = ["thread_id", "state", "client", "age_s", "idle_s", "statements", "found_rows", "cache_metadata", "schema"]
-    return _result(cols, rows, caps, {"thread_id", "client", "statements", "found_rows", "cache_metadata"})
+    cols = ["thread_id", "state", "client", "age_s", "idle_s", "statements", "found_rows", "cache_metadata", "tls", "schema"]
+    return _result(cols, rows, caps, {"thread_id", "client", "statements", "found_rows", "cache_metadata", "tls"})
 
 
 def show_stats(server: ConsoleContext, caps: int) -> list[bytes]:
@@ -111,6 +111,7 @@ def show_config(server: ConsoleContext, caps: int) -> list[bytes]:
             if "password" in key:
                 continue  # never show a secret
             rows.append([f"{section}.{key}", value])
+    rows.append(["backend.tls_mode", cfg.backend.tls_mode])  # in force: backend.tls may be unset
     rows += [["max_allowed_packet", cfg.max_allowed_packet], ["shutdown_timeout", cfg.shutdown_timeout]]
     return _result(["key", "value"], rows, caps)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -29,6 +30,7 @@ from .mysql.messages import (
     HandshakeResponse,
     ServerError,
     build_handshake_response,
+    build_ssl_request,
     parse_auth_switch,
     parse_err,
     parse_handshake,
@@ -141,6 +143,7 @@ class BackendLink(asyncio.Protocol):
         # Binary statements prepared on this link, by SQL.
         self.prepared: dict[bytes, ServerStatement] = {}
         self.transport: asyncio.Transport | None = None
+        self.tls = False  # encrypted (backend.tls)
         self._on_idle_death = on_idle_death
         self._mode = _EXCHANGE
         self._reader = PacketReader()
@@ -281,6 +284,15 @@ class BackendLink(asyncio.Protocol):
                 self._waiter = None
         return self._packets.popleft()
 
+    async def start_tls(self, context: ssl.SSLContext, server_hostname: str | None) -> None:
+        """Encrypt the link from here on (after the SSLRequest); raises ssl.SSLError / OSError."""
+        assert self.transport is not None
+        tls = await asyncio.get_running_loop().start_tls(self.transport, self, context, server_hostname=server_hostname)
+        if tls is None:  # the server closed the link during the handshake
+            raise self._lost or LinkLost("server closed the link during the TLS handshake")
+        self.transport = tls  # type: ignore[assignment]
+        self.tls = True
+
     def write_packet(self, payload: bytes, seq: int) -> None:
         if self.closed or self.transport is None:
             raise self._lost or LinkLost("link closed")
@@ -416,9 +428,12 @@ class BackendLink(asyncio.Protocol):
         self._fail(error)
 
 
-async def open_link(cfg: BackendConfig, *, kind: int, timeout: float,
+async def open_link(cfg: BackendConfig, *, kind: int, timeout: float, tls: ssl.SSLContext | None = None,
                     on_idle_death: Callable[[BackendLink], None] | None = None) -> BackendLink:
-    """Connect, authenticate and set up session tracking. Raises ServerError / OSError / LinkLost."""
+    """Connect, authenticate and set up session tracking. Raises ServerError / OSError / LinkLost.
+
+    ``tls``: the context for backend.tls (proxy/tls.py), None when TLS is disabled.
+    """
     loop = asyncio.get_running_loop()
 
     def factory() -> BackendLink:
@@ -430,7 +445,7 @@ async def open_link(cfg: BackendConfig, *, kind: int, timeout: float,
         else:
             _t, link = await loop.create_connection(factory, cfg.host, cfg.port)
         try:
-            await _authenticate(link, cfg)
+            await _authenticate(link, cfg, tls)
             await _setup(link)
         except BaseException:
             link.close(quit_first=False)
@@ -440,7 +455,7 @@ async def open_link(cfg: BackendConfig, *, kind: int, timeout: float,
     return await asyncio.wait_for(connect(), timeout)
 
 
-async def _authenticate(link: BackendLink, cfg: BackendConfig) -> None:
+async def _authenticate(link: BackendLink, cfg: BackendConfig, tls: ssl.SSLContext | None = None) -> None:
     _seq, payload = await link.read_packet()
     hs = parse_handshake(payload)
     link.facts.server_version = hs.server_version
@@ -465,7 +480,15 @@ async def _authenticate(link: BackendLink, cfg: BackendConfig) -> None:
         database=cfg.database,
         auth_plugin=plugin,
     )
-    link.write_packet(build_handshake_response(response), 1)
+    seq = 1
+    if tls is not None and hs.capabilities & Cap.SSL:
+        response.capabilities |= Cap.SSL
+        link.write_packet(build_ssl_request(response), seq)
+        await link.start_tls(tls, None if cfg.unix_socket else cfg.host)
+        seq += 1
+    elif tls is not None and cfg.tls_mode != "preferred":
+        raise ProtocolError(f"the server does not offer TLS (backend.tls is {cfg.tls_mode})")
+    link.write_packet(build_handshake_response(response), seq)
     link.state.schema = cfg.database
     while True:
         seq, p = await link.read_packet()
@@ -479,13 +502,15 @@ async def _authenticate(link: BackendLink, cfg: BackendConfig) -> None:
             raise ServerError(err.code, err.message, err.sqlstate)
         if head == AUTH_SWITCH:
             plugin, scramble = parse_auth_switch(p)
-            if plugin == auth.CLEAR:
-                raise ProtocolError("the server asks for a clear-text password; refused without TLS")
+            if plugin == auth.CLEAR and not link.tls:
+                raise ProtocolError("the server asks for a clear-text password; refused without TLS (backend.tls)")
             link.write_packet(auth.client_response(plugin, cfg.password, scramble), seq + 1)
         elif head == AUTH_MORE_DATA and plugin == auth.CACHING_SHA2:
             if p[1:2] == bytes((auth.FAST_AUTH_OK,)):
                 continue  # OK follows
-            if p[1:2] == bytes((auth.FULL_AUTH_NEEDED,)):
+            if p[1:2] == bytes((auth.FULL_AUTH_NEEDED,)) and link.tls:
+                link.write_packet(auth.client_response(auth.CLEAR, cfg.password, scramble), seq + 1)
+            elif p[1:2] == bytes((auth.FULL_AUTH_NEEDED,)):
                 link.write_packet(bytes((auth.REQUEST_PUBLIC_KEY,)), seq + 1)
                 seq, key = await link.read_packet()
                 if not key or key[0] != AUTH_MORE_DATA:

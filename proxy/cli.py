@@ -12,6 +12,7 @@ import sys
 
 from . import __version__
 from . import config as config_mod
+from . import tls
 from .mysql.constants import Err
 from .mysql.messages import ServerError, parse_handshake
 from .mysql.packets import PacketReader, ProtocolError
@@ -53,7 +54,8 @@ def cmd_check(cfg: config_mod.Config, path: str) -> int:
     print(f"  listen      {listen.host}:{listen.port} (auth {listen.auth_plugin}, at most {listen.max_client_connections} clients)")
     if listen.unix_socket:
         print(f"              and unix socket {listen.unix_socket}")
-    print(f"  backend     {b.user}@{b.address}" + (f" database {b.database}" if b.database else ""))
+    print(f"  backend     {b.user}@{b.address}" + (f" database {b.database}" if b.database else "")
+          + f" (tls {b.tls_mode})")
     print(f"  pool '{p.name}'  at most {p.max_connections} server connections; clients wait up to {p.queue_timeout:g}s")
     who = ", ".join(u.user for u in cfg.users) if cfg.users else f"{b.user} (the backend account)"
     print(f"  clients     log in as {who}")
@@ -119,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "health":
             return cmd_health(config_mod.load_listen(args.config), args.timeout)
         cfg = config_mod.load(args.config)
+        tls.backend_context(cfg.backend)  # a certificate file that does not load is a config error too
     except config_mod.ConfigError as e:
         print(f"mysql-pool-proxy: config error: {e}", file=sys.stderr)
         return 2

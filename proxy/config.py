@@ -20,6 +20,9 @@ import yaml
 
 DEFAULT_PATH = "/etc/mysql-pool-proxy/config.yaml"
 AUTH_PLUGINS = ("mysql_native_password", "caching_sha2_password")
+# backend.tls, named as the mysql client's --ssl-mode values are.
+TLS_MODES = ("disabled", "preferred", "required", "verify_ca", "verify_identity")
+_LOOPBACK_HOSTS = ("localhost", "::1")
 
 
 class ConfigError(ValueError):
@@ -57,11 +60,29 @@ class BackendConfig:
     database: str | None = None
     # Collation id a backend link is opened with (45 = utf8mb4_general_ci).
     collation: int = 45
+    # TLS to the server: one of TLS_MODES; None picks by address (see tls_mode).
+    tls: str | None = None
+    tls_ca: str | None = None  # CA bundle for verify_ca / verify_identity (default: the system's)
+    tls_cert: str | None = None  # a client certificate, for accounts created REQUIRE X509
+    tls_key: str | None = None
 
     @property
     def address(self) -> str:
         """Where links go: the unix socket when one is set (it wins over host and port)."""
         return self.unix_socket or f"{self.host}:{self.port}"
+
+    @property
+    def tls_mode(self) -> str:
+        """The TLS mode in force. Unset: 'verify_ca' when a CA is given (as the mysql client does),
+        else 'preferred' over a network, as mysql clients do, and 'disabled' over a unix socket or
+        loopback, where TLS would cost CPU and protect nothing."""
+        if self.tls is not None:
+            return self.tls
+        if self.tls_ca:
+            return "verify_ca"
+        if self.unix_socket or self.host in _LOOPBACK_HOSTS or self.host.startswith("127."):
+            return "disabled"
+        return "preferred"
 
 
 @dataclass(frozen=True)
@@ -225,6 +246,7 @@ def parse(raw: Any, source: str = "<config>") -> Config:
         backend = _replace(backend, password=_read_password_file(backend.password_file, "backend.password_file", warnings))
     if not backend.user:
         raise ConfigError("backend.user: required (the MySQL account the pool logs in with)")
+    _check_backend_tls(backend)
 
     admin = _section(AdminConfig, raw.get("admin"), "admin", warnings)
     if admin.user and not admin.password:
@@ -287,6 +309,25 @@ def _check_listen(listen: ListenConfig) -> None:
     _check(listen.max_client_connections > 0, "listen.max_client_connections", "must be > 0")
     if listen.unix_socket is not None:
         _check_socket_path(listen.unix_socket, "listen.unix_socket")
+
+
+def _check_backend_tls(backend: BackendConfig) -> None:
+    _check(backend.tls is None or backend.tls in TLS_MODES, "backend.tls", f"must be one of {', '.join(TLS_MODES)}")
+    mode = backend.tls_mode
+    if mode == "verify_identity":
+        _check(not backend.unix_socket, "backend.tls", "verify_identity checks the certificate against backend.host; "
+               "it cannot be used with backend.unix_socket")
+    _check((backend.tls_cert is None) == (backend.tls_key is None), "backend.tls_cert",
+           "give tls_cert and tls_key together")
+    # A CA that is silently not checked would give a false sense of safety.
+    _check(not (backend.tls_ca and mode in ("preferred", "required")), "backend.tls_ca",
+           f"only verify_ca and verify_identity check the server's certificate (backend.tls is {mode})")
+    for key in ("tls_ca", "tls_cert", "tls_key"):
+        path = getattr(backend, key)
+        if path is None:
+            continue
+        _check(mode != "disabled", f"backend.{key}", f"set, but TLS to the server is disabled (backend.tls: {mode})")
+        _check(Path(path).is_file() and os.access(path, os.R_OK), f"backend.{key}", f"cannot read {path}")
 
 
 def _check_socket_path(path_str: str, key: str) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from . import admin
 from . import config as config_mod
+from . import tls
 from .backend import BackendLink, LinkLost, open_link
 from .config import Config
 from .frontend import ClientConnection
@@ -73,6 +74,7 @@ class ProxyServer:
     def __init__(self, cfg: Config, config_path: str | None = None) -> None:
         self.config = cfg
         self.config_path = config_path
+        self.backend_tls = tls.backend_context(cfg.backend)  # raises ConfigError for a bad file
         self.pool = Pool(cfg.pool, self._connect)
         self.pool.on_first_link = self._learn_server
         self.clients: dict[int, ClientConnection] = {}
@@ -106,7 +108,8 @@ class ProxyServer:
             log.error("internal error in a client task", exc_info=task.exception())
 
     async def _connect(self, kind: int, on_idle_death: Any, timeout: float) -> BackendLink:
-        return await open_link(self.config.backend, kind=kind, timeout=timeout, on_idle_death=on_idle_death)
+        return await open_link(self.config.backend, kind=kind, timeout=timeout, tls=self.backend_tls,
+                               on_idle_death=on_idle_death)
 
     def admin_statement(self, sql: str, caps: int) -> list[bytes]:
         """The admin console's answer to one statement (payloads to frame)."""
@@ -225,6 +228,8 @@ class ProxyServer:
             return
         try:
             new = config_mod.load(self.config_path)
+            # Read again even when the config is unchanged: certificate files may have been renewed.
+            new_tls = tls.backend_context(new.backend)
         except config_mod.ConfigError as e:
             log.error("reload failed, keeping the running config: %s", e)
             return
@@ -232,6 +237,7 @@ class ProxyServer:
         if new.listen.address != old.listen.address:
             log.warning("reload: listen address changes need a restart; keeping %s", old.listen.address)
             new = config_mod.Config(**{**new.__dict__, "listen": old.listen})
+        self.backend_tls = new_tls
         if new.backend != old.backend:
             # New credentials or address: links opened from now use them; idle old ones go.
             for idle in self.pool.idle.values():

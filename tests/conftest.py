@@ -155,6 +155,23 @@ def _mariadb_guard(request: pytest.FixtureRequest) -> Iterator[None]:
     db.restore_globals()
 
 
+def recv_packet(sock: socket.socket) -> tuple[int, bytes]:
+    """(sequence id, payload) of exactly one packet from a blocking socket, nothing more: after an
+    SSLRequest the TLS handshake must stay in the socket. Raises ConnectionError on a close."""
+
+    def exactly(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            if not chunk:
+                raise ConnectionError("closed")
+            data += chunk
+        return data
+
+    head = exactly(4)
+    return head[3], exactly(int.from_bytes(head[:3], "little"))
+
+
 def count_backend_connections(mariadb: MariaDB, user: str) -> int:
     """Server threads currently logged in as ``user`` (what the cap is about)."""
     rows = mariadb.sql("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = %s", (user,))

@@ -140,6 +140,8 @@ class MariaDB:
     # Start mariadbd in a session of its own, as a service would run (the benchmarks want this:
     # with kernel.sched_autogroup_enabled the CPU is shared fairly between sessions, not threads).
     own_session: bool = False
+    # TLS: (CA file, certificate file, key file) the server offers TLS with; None: no TLS.
+    tls_files: tuple[str, str, str] | None = None
     proc: subprocess.Popen[bytes] | None = None
 
     # -- creation -------------------------------------------------------------------
@@ -151,7 +153,7 @@ class MariaDB:
         """Install a fresh datadir, start the server and drop the anonymous accounts.
 
         ``parent``: where the temp dir goes (default TMPDIR); ``options``: further fields
-        (max_connections, innodb_buffer_pool_size). The caller owns the result and calls ``remove``.
+        (max_connections, innodb_buffer_pool_size, tls_files). The caller owns the result and calls ``remove``.
         """
         install = require_binary("mariadb-install-db", "mysql_install_db", hint=hint)
         server = require_binary("mariadbd", "mysqld", hint=hint)
@@ -220,6 +222,10 @@ class MariaDB:
     # -- lifecycle ------------------------------------------------------------------
 
     def _server_args(self) -> list[str]:
+        tls = []
+        if self.tls_files:
+            ca, cert, key = self.tls_files
+            tls = [f"--ssl-ca={ca}", f"--ssl-cert={cert}", f"--ssl-key={key}"]
         return [
             self.mariadbd,
             "--no-defaults",  # keep the system my.cnf (and its port/socket) out
@@ -246,6 +252,7 @@ class MariaDB:
             # Without my.cnf the server default is latin1; real deployments run utf8mb4.
             "--character-set-server=utf8mb4",
             "--collation-server=utf8mb4_general_ci",
+            *tls,
         ]
 
     def _tmpdir(self) -> Path:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import APP_PASSWORD, APP_USER, count_backend_connections
+from conftest import APP_PASSWORD, APP_USER, count_backend_connections, recv_packet
 from proxy.mysql import auth
 from proxy.mysql.constants import Cap
 from proxy.mysql.messages import HandshakeResponse, build_handshake_response, parse_handshake
@@ -22,32 +22,15 @@ def _packet(payload: bytes, seq: int) -> bytes:
     return struct.pack("<I", len(payload))[:3] + bytes((seq,)) + payload
 
 
-def _recv_packet(sock: socket.socket) -> tuple[int, bytes]:
-    head = b""
-    while len(head) < 4:
-        chunk = sock.recv(4 - len(head))
-        if not chunk:
-            raise ConnectionError("closed")
-        head += chunk
-    n = int.from_bytes(head[:3], "little")
-    body = b""
-    while len(body) < n:
-        chunk = sock.recv(n - len(body))
-        if not chunk:
-            raise ConnectionError("closed")
-        body += chunk
-    return head[3], body
-
-
 def _login(host: str, port: int) -> socket.socket:
     """A raw, authenticated client socket (mysql_native_password)."""
     sock = socket.create_connection((host, port), timeout=5)
-    _seq, greeting = _recv_packet(sock)
+    _seq, greeting = recv_packet(sock)
     hs = parse_handshake(greeting)
     caps = Cap.PROTOCOL_41 | Cap.SECURE_CONNECTION | Cap.PLUGIN_AUTH | Cap.LONG_PASSWORD | Cap.CONNECT_WITH_DB
     resp = HandshakeResponse(caps, 1 << 24, 45, APP_USER, auth.native_scramble(APP_PASSWORD, hs.scramble), "appdb", auth.NATIVE)
     sock.sendall(_packet(build_handshake_response(resp), 1))
-    _seq, ok = _recv_packet(sock)
+    _seq, ok = recv_packet(sock)
     assert ok[0] == 0, ok
     return sock
 
@@ -101,7 +84,7 @@ def test_truncated_handshake_and_garbage_before_login(small_packet_proxy):
     p = small_packet_proxy
     for junk in (b"\x01\x00\x00\x01\x00", b"\x05\x00\x00\x01abcde", b"GET / HTTP/1.1\r\n\r\n", b"\x00" * 64):
         sock = socket.create_connection((p.host, p.port), timeout=5)
-        _recv_packet(sock)
+        recv_packet(sock)
         sock.sendall(junk)
         data = _read_until_closed(sock, timeout=2.0)
         # Either a clear error packet and a close, or (for a packet still incomplete) silence
@@ -128,7 +111,7 @@ def test_fuzz_random_packets_leave_daemon_and_pool_intact(proxy_factory, mariadb
     def fuzz(stage: str, blob: bytes) -> None:
         if stage == "greeting":
             sock = socket.create_connection((p.host, p.port), timeout=5)
-            _recv_packet(sock)
+            recv_packet(sock)
         else:
             sock = _login(p.host, p.port)
         try:

@@ -36,6 +36,7 @@ from proxy.mysql.messages import (
     build_handshake,
     build_handshake_response,
     build_ok,
+    build_ssl_request,
     is_eof,
     lenenc_int,
     lenenc_str,
@@ -369,6 +370,17 @@ def test_handshake_response_known_bytes_lenenc_and_plain() -> None:
     r3 = HandshakeResponse(base | Cap.PLUGIN_AUTH_LENENC_CLIENT_DATA, 0, 45, "u", b"z" * 300, None, "x")
     assert b"u\x00\xfc\x2c\x01" + b"z" * 300 in build_handshake_response(r3)
     assert parse_handshake_response(build_handshake_response(r3)).auth_response == b"z" * 300
+
+
+def test_ssl_request_is_the_fixed_head_of_the_response() -> None:
+    # 32 bytes: capabilities (with SSL), max packet, collation, filler, MariaDB's extended capabilities.
+    caps = Cap.PROTOCOL_41 | Cap.SECURE_CONNECTION | Cap.PLUGIN_AUTH | Cap.SSL | Cap.MARIADB_CACHE_METADATA
+    r = HandshakeResponse(caps, 1 << 30, 45, "user", bytes(20), "db", "mysql_native_password")
+    request = build_ssl_request(r)
+    assert request == build_handshake_response(r)[:32]
+    flags, max_packet, collation = struct.unpack_from("<IIB", request)
+    assert flags == (caps | Cap.CONNECT_WITH_DB) & 0xFFFFFFFF and max_packet == 1 << 30 and collation == 45
+    assert request[9:28] == bytes(19) and struct.unpack_from("<I", request, 28)[0] == caps >> 32
 
 
 def test_handshake_response_rejects_short_and_pre41() -> None:

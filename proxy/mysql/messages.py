@@ -194,6 +194,11 @@ def build_handshake_response(r: HandshakeResponse) -> bytes:
     return b"".join(out)
 
 
+def build_ssl_request(r: HandshakeResponse) -> bytes:
+    """SSLRequest: the fixed head of the handshake response (``r`` has Cap.SSL); TLS starts after it."""
+    return build_handshake_response(r)[:SSL_REQUEST_SIZE]
+
+
 def parse_handshake_response(p: bytes) -> HandshakeResponse:
     if len(p) < SSL_REQUEST_SIZE:
         raise ProtocolError("handshake response too short", 1043)
