@@ -17,7 +17,7 @@ from .mysql.messages import OK, build_err, build_ok, build_result_set
 
 if TYPE_CHECKING:
     from .config import Config
-    from .frontend import ClientConnection
+    from .frontend import ClientConnection, ClientStats
     from .pool import Pool
 
 ER_PARSE_ERROR = 1064
@@ -33,6 +33,7 @@ class ConsoleContext(Protocol):
     clients: dict[int, ClientConnection]
     account_limit: int | None
     clients_total: int
+    client_stats: ClientStats
 
     def reload(self) -> None: ...
 
@@ -91,6 +92,8 @@ def show_stats(server: ConsoleContext, caps: int) -> list[bytes]:
         ["clients", len(server.clients)],
         ["clients_pinned", sum(1 for s in sessions if s.pinned)],
         ["clients_total", server.clients_total],
+        ["statements_total", server.client_stats.statements_total(server.clients.values())],
+        ["errors_total", sum(server.client_stats.errors.values())],
         ["connects", stats.connects],
         ["connect_failures", stats.connect_failures],
         ["capacity_refusals", stats.capacity_refusals],

@@ -57,6 +57,8 @@ def cmd_check(cfg: config_mod.Config, path: str) -> int:
     print(f"  backend     {b.user}@{b.address}" + (f" database {b.database}" if b.database else "")
           + f" (tls {b.tls_mode})")
     print(f"  pool '{p.name}'  at most {p.max_connections} server connections; clients wait up to {p.queue_timeout:g}s")
+    if cfg.metrics.port:
+        print(f"  metrics     http://{cfg.metrics.address}/metrics")
     who = ", ".join(u.user for u in cfg.users) if cfg.users else f"{b.user} (the backend account)"
     print(f"  clients     log in as {who}")
     for w in cfg.warnings:

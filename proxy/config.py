@@ -22,7 +22,11 @@ DEFAULT_PATH = "/etc/mysql-pool-proxy/config.yaml"
 AUTH_PLUGINS = ("mysql_native_password", "caching_sha2_password")
 # backend.tls, named as the mysql client's --ssl-mode values are.
 TLS_MODES = ("disabled", "preferred", "required", "verify_ca", "verify_identity")
-_LOOPBACK_HOSTS = ("localhost", "::1")
+
+
+def _is_loopback(host: str) -> bool:
+    """A host name or address that stays on this machine."""
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 class ConfigError(ValueError):
@@ -80,7 +84,7 @@ class BackendConfig:
             return self.tls
         if self.tls_ca:
             return "verify_ca"
-        if self.unix_socket or self.host in _LOOPBACK_HOSTS or self.host.startswith("127."):
+        if self.unix_socket or _is_loopback(self.host):
             return "disabled"
         return "preferred"
 
@@ -120,6 +124,18 @@ class AdminConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus metrics over HTTP (GET /metrics); port 0: off."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
 class Config:
     listen: ListenConfig
     backend: BackendConfig
@@ -127,6 +143,7 @@ class Config:
     # Client accounts. Empty: clients log in with the backend account's own name and password.
     users: tuple[UserConfig, ...] = ()
     admin: AdminConfig = AdminConfig()
+    metrics: MetricsConfig = MetricsConfig()
     max_allowed_packet: int = 64 * 1024 * 1024
     shutdown_timeout: float = 30.0
     log_level: str = "info"
@@ -232,7 +249,8 @@ def parse(raw: Any, source: str = "<config>") -> Config:
     """Validate a parsed YAML document into a Config."""
     raw = _document(raw, source)
     warnings: list[str] = []
-    known = {"listen", "backend", "pool", "users", "admin", "max_allowed_packet", "shutdown_timeout", "log_level"}
+    known = {"listen", "backend", "pool", "users", "admin", "metrics", "max_allowed_packet", "shutdown_timeout",
+             "log_level"}
     for key in raw:
         if key not in known:
             raise ConfigError(f"{key}: unknown key (known: {', '.join(sorted(known))})")
@@ -249,6 +267,9 @@ def parse(raw: Any, source: str = "<config>") -> Config:
     _check_backend_tls(backend)
 
     admin = _section(AdminConfig, raw.get("admin"), "admin", warnings)
+    metrics = _section(MetricsConfig, raw.get("metrics"), "metrics", warnings)
+    _check(0 <= metrics.port < 65536, "metrics.port", "must be between 1 and 65535 (0: off)")
+    _check(not metrics.port or metrics.port != listen.port, "metrics.port", "must differ from listen.port")
     if admin.user and not admin.password:
         raise ConfigError("admin.password: required when admin.user is set")
     if admin.user and admin.user == backend.user:
@@ -281,14 +302,17 @@ def parse(raw: Any, source: str = "<config>") -> Config:
     _check(shutdown >= 0, "shutdown_timeout", "must be >= 0")
     level = str(raw.get("log_level", "info")).lower()
     _check(level in ("debug", "info", "warning", "error"), "log_level", "must be debug, info, warning or error")
-    if listen.host not in ("127.0.0.1", "localhost", "::1"):
+    if not _is_loopback(listen.host):
         warnings.append(f"listen.host: {listen.host} is not loopback; clients from other hosts can reach the proxy")
+    if metrics.port and not _is_loopback(metrics.host):
+        warnings.append(f"metrics.host: {metrics.host} is not loopback; other hosts can read the metrics")
     return Config(
         listen=listen,
         backend=backend,
         pool=pool,
         users=tuple(users),
         admin=admin,
+        metrics=metrics,
         max_allowed_packet=max_packet,
         shutdown_timeout=shutdown,
         log_level=level,

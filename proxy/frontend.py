@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
-from collections.abc import Coroutine, Sequence
+from collections import Counter, deque
+from collections.abc import Coroutine, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .backend import CHARSET_FACTS, BackendLink, LinkLost, charset_values, reset_link
@@ -57,6 +58,18 @@ _LOGIN, _COMMAND, _INFILE, _CLOSED = range(4)
 MAX_PIPELINED = 16  # commands queued from one client before its socket is paused
 
 
+@dataclass
+class ClientStats:
+    """Counts over every client connection, those that have left included (SHOW STATS, metrics)."""
+
+    statements_of_departed: int = 0  # the live ones count their own (ClientConnection.statements)
+    errors: Counter[int] = field(default_factory=Counter)  # error packets sent to clients, by code
+
+    def statements_total(self, clients: Iterable[ClientConnection]) -> int:
+        """Commands sent by every client since start: those that left and ``clients``, the live ones."""
+        return self.statements_of_departed + sum(c.statements for c in clients)
+
+
 class ClientContext(Protocol):
     """What a client connection uses of the proxy around it; ProxyServer (server.py) is the one.
 
@@ -66,6 +79,7 @@ class ClientContext(Protocol):
     config: Config
     pool: Pool
     clients: dict[int, ClientConnection]
+    client_stats: ClientStats
     known_schemas: set[str]
 
     def next_client_id(self) -> int: ...
@@ -165,7 +179,8 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._phase = _CLOSED
-        self.server.clients.pop(self.proxy_id, None)
+        if self.server.clients.pop(self.proxy_id, None) is not None:
+            self.server.client_stats.statements_of_departed += self.statements
         if self._handshake_timer:
             self._handshake_timer.cancel()
         if self._waiter is not None:
@@ -204,6 +219,7 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(data)
 
     def send_error(self, code: int, message: str, seq: int) -> None:
+        self.server.client_stats.errors[code] += 1
         self._write(frame(build_err(code, message), seq))
 
     def _fatal(self, code: int, message: str, seq: int) -> None:
@@ -667,7 +683,10 @@ class ClientConnection(asyncio.Protocol):
         """
         session = self.session
         assert session is not None
-        if link.tracker.error_code in _LINK_CLOSING:
+        error = link.tracker.error_code
+        if error:
+            self.server.client_stats.errors[error] += 1
+        if error in _LINK_CLOSING:
             # The server is closing this link; it will not serve another statement.
             self.link = None
             self.pool.discard(link)

@@ -68,7 +68,7 @@ class PoolStats:
     queued_leases: int = 0
     queue_timeouts: int = 0
     max_open_seen: int = 0
-    total_wait: float = 0.0
+    total_wait: float = 0.0  # of requests served from the queue and of those that timed out there
 
 
 @dataclass(eq=False)

@@ -18,7 +18,7 @@ from . import config as config_mod
 from . import tls
 from .backend import BackendLink, LinkLost, open_link
 from .config import Config
-from .frontend import ClientConnection
+from .frontend import ClientConnection, ClientStats
 from .mysql.constants import Command
 from .mysql.messages import ServerError
 from .pool import Pool, PoolTimeout
@@ -78,6 +78,7 @@ class ProxyServer:
         self.pool = Pool(cfg.pool, self._connect)
         self.pool.on_first_link = self._learn_server
         self.clients: dict[int, ClientConnection] = {}
+        self.client_stats = ClientStats()
         self.known_schemas: set[str] = set()
         self.collations: dict[int, tuple[str, str]] = {}
         self.account_limit: int | None = None
@@ -179,6 +180,15 @@ class ProxyServer:
         loop = asyncio.get_running_loop()
         for w in cfg.warnings:
             log.warning("config: %s", w)
+        # Metrics first: by the time clients can connect, what they do can be watched.
+        if cfg.metrics.port:
+            from . import metrics  # only then: prometheus-client's import costs memory a proxy without it need not
+
+            try:
+                self._servers.append(await metrics.start(self, cfg.metrics))
+            except OSError as e:
+                raise OSError(f"metrics {cfg.metrics.address}: {e.strerror or e}") from None
+            log.info("metrics on http://%s/metrics", cfg.metrics.address)
         srv = await loop.create_server(lambda: ClientConnection(self), cfg.listen.host, cfg.listen.port,
                                        reuse_address=True, backlog=1024)
         self._servers.append(srv)
@@ -237,6 +247,10 @@ class ProxyServer:
         if new.listen.address != old.listen.address:
             log.warning("reload: listen address changes need a restart; keeping %s", old.listen.address)
             new = config_mod.Config(**{**new.__dict__, "listen": old.listen})
+        if new.metrics != old.metrics:
+            log.warning("reload: metrics address changes need a restart; keeping %s",
+                        old.metrics.address if old.metrics.port else "metrics off")
+            new = config_mod.Config(**{**new.__dict__, "metrics": old.metrics})
         self.backend_tls = new_tls
         if new.backend != old.backend:
             # New credentials or address: links opened from now use them; idle old ones go.
