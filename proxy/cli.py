@@ -54,6 +54,8 @@ def cmd_check(cfg: config_mod.Config, path: str) -> int:
     print(f"  listen      {listen.host}:{listen.port} (auth {listen.auth_plugin}, at most {listen.max_client_connections} clients)")
     if listen.unix_socket:
         print(f"              and unix socket {listen.unix_socket}")
+    if listen.tls_cert:
+        print(f"              TLS offered to clients{', required over TCP' if listen.require_tls else ''}")
     print(f"  backend     {b.user}@{b.address}" + (f" database {b.database}" if b.database else "")
           + f" (tls {b.tls_mode})")
     print(f"  pool '{p.name}'  at most {p.max_connections} server connections; clients wait up to {p.queue_timeout:g}s")
@@ -124,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_health(config_mod.load_listen(args.config), args.timeout)
         cfg = config_mod.load(args.config)
         tls.backend_context(cfg.backend)  # a certificate file that does not load is a config error too
+        tls.listen_context(cfg.listen)
     except config_mod.ConfigError as e:
         print(f"mysql-pool-proxy: config error: {e}", file=sys.stderr)
         return 2

@@ -45,6 +45,11 @@ class ListenConfig:
     # Also listen on this unix socket path (clients: mysql -S PATH, or host "localhost" in
     # libmysqlclient-based drivers). Same logins as over TCP; local processes only.
     unix_socket: str | None = None
+    # TLS for clients: offered when a certificate and its key are given (PEM).
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    # Refuse TCP clients that log in without TLS (unix socket clients are local, as for mysqld).
+    require_tls: bool = False
 
     @property
     def address(self) -> str:
@@ -333,6 +338,12 @@ def _check_listen(listen: ListenConfig) -> None:
     _check(listen.max_client_connections > 0, "listen.max_client_connections", "must be > 0")
     if listen.unix_socket is not None:
         _check_socket_path(listen.unix_socket, "listen.unix_socket")
+    _check((listen.tls_cert is None) == (listen.tls_key is None), "listen.tls_cert", "give tls_cert and tls_key together")
+    _check(not listen.require_tls or listen.tls_cert is not None, "listen.require_tls",
+           "needs listen.tls_cert and listen.tls_key")
+    for key in ("tls_cert", "tls_key"):
+        path = getattr(listen, key)
+        _check(path is None or (Path(path).is_file() and os.access(path, os.R_OK)), f"listen.{key}", f"cannot read {path}")
 
 
 def _check_backend_tls(backend: BackendConfig) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections import Counter, deque
 from collections.abc import Coroutine, Iterable, Sequence
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 
 from .backend import CHARSET_FACTS, BackendLink, LinkLost, charset_values, reset_link
 from .config import Config
-from .login import Accepted, Login, Refused, Send, Step
+from .login import Accepted, Login, Refused, Send, StartTls, Step
 from .mysql.constants import KIND_CAPS, SERVER_VERSION, Cap, Command, Err, Status
 from .mysql.messages import OK, ServerError, build_eof, build_err, build_ok
 from .mysql.packets import PacketReader, ProtocolError, frame
@@ -37,6 +38,7 @@ from .session import (
     replay_commands,
 )
 from .sql import Classified, Kind, classify, rewrite_call, rewrite_connection_id
+from .tls import ClientTls
 
 log = logging.getLogger("proxy.client")
 
@@ -81,6 +83,7 @@ class ClientContext(Protocol):
     clients: dict[int, ClientConnection]
     client_stats: ClientStats
     known_schemas: set[str]
+    listen_tls: ssl.SSLContext | None  # offered to clients when set (listen.tls_cert)
 
     def next_client_id(self) -> int: ...
 
@@ -139,7 +142,11 @@ class ClientConnection(asyncio.Protocol):
         if len(self.server.clients) > self.server.config.listen.max_client_connections:
             self._fatal(Err.CON_COUNT, "Too many connections (mysql-pool-proxy max_client_connections reached)", seq=0)
             return
-        self._login = Login(self.server.config.listen.auth_plugin, self._password_of, self.peer.rsplit(":", 1)[0])
+        listen = self.server.config.listen
+        # A unix socket client is local: TLS would protect nothing, so it is never required.
+        self._login = Login(listen.auth_plugin, self._password_of, self.peer.rsplit(":", 1)[0],
+                            offer_tls=self.server.listen_tls is not None,
+                            require_tls=listen.require_tls and isinstance(peer, tuple))
         self._write(self._login.greeting(self.pool.server_version or SERVER_VERSION, self.proxy_id, self.pool.server_caps))
         loop = asyncio.get_running_loop()
         self._handshake_timer = loop.call_later(self.server.config.listen.handshake_timeout, self._handshake_expired)
@@ -256,8 +263,13 @@ class ClientConnection(asyncio.Protocol):
             self._write(step.data)
         elif type(step) is Refused:
             assert self._login is not None
-            log.warning("client %d (%s): access denied for user '%s'", self.proxy_id, self.peer, self._login.user)
+            log.warning("client %d (%s): %s for user '%s'", self.proxy_id, self.peer,
+                        "access denied" if step.code == Err.ACCESS_DENIED else step.message, self._login.user)
             self._fatal(step.code, step.message, step.seq)
+        elif type(step) is StartTls:
+            # Whatever the reader holds behind the SSLRequest is the start of the TLS handshake.
+            assert self.transport is not None and self.server.listen_tls is not None
+            self.transport = ClientTls(self.transport, self, self.server.listen_tls, self._reader.take_rest())
         else:
             assert type(step) is Accepted
             self._write(step.data)

@@ -1,9 +1,9 @@
 """A client's login, sans I/O: the client's packets in, what to answer out.
 
-Covers the greeting, the handshake response, the auth switch for a plugin the
-proxy does not speak, the caching_sha2_password fast path and COM_CHANGE_USER.
+Covers the greeting, an SSLRequest, the handshake response, the auth switch for a
+plugin the proxy does not speak, the caching_sha2_password fast path and COM_CHANGE_USER.
 The frontend feeds it packets and acts on each answer (``Send``, ``Accepted``,
-``Refused``); it never touches a socket, the pool or the config file, so every
+``Refused``, ``StartTls``); it never touches a socket, the pool or the config file, so every
 branch can be tested with bytes alone.
 """
 
@@ -47,7 +47,12 @@ class Refused:
     seq: int
 
 
-Step = Send | Accepted | Refused
+@dataclass(frozen=True)
+class StartTls:
+    """The client sent an SSLRequest: encrypt the connection; its handshake response follows over TLS."""
+
+
+Step = Send | Accepted | Refused | StartTls
 
 
 def offered_caps(server_caps: int) -> int:
@@ -66,7 +71,8 @@ _ANSWER, _SWITCHED, _OVER = range(3)
 class Login:
     """One connection's logins: the first one, and each COM_CHANGE_USER after it."""
 
-    def __init__(self, plugin: str, password_of: Callable[[str], str | None], client_host: str) -> None:
+    def __init__(self, plugin: str, password_of: Callable[[str], str | None], client_host: str,
+                 offer_tls: bool = False, require_tls: bool = False) -> None:
         self.scramble = auth.new_scramble()  # a COM_CHANGE_USER is checked against it too
         self.plugin = plugin  # the plugin offered; the one a switch asks for
         self.user = ""
@@ -78,10 +84,13 @@ class Login:
         self._host = client_host  # for "Access denied for user 'u'@'host'", as the server words it
         self._phase = _ANSWER
         self._expect_seq = 1  # the sequence id of the client's next packet
+        self._offer_tls = offer_tls
+        self._require_tls = require_tls
+        self.tls = False  # the client asked for TLS (SSLRequest) and got it
 
     def greeting(self, server_version: str, connection_id: int, server_caps: int = 0) -> bytes:
         """``server_caps``: the backend server's, as far as known (0 before any link was opened)."""
-        self.offered = offered_caps(server_caps)
+        self.offered = offered_caps(server_caps) | (Cap.SSL if self._offer_tls else 0)
         hs = Handshake(
             server_version=server_version,
             connection_id=connection_id,
@@ -102,8 +111,16 @@ class Login:
         if self._phase == _SWITCHED:
             return self._check(seq, payload, self.plugin)
         if len(payload) == 32 and int.from_bytes(payload[:4], "little") & Cap.SSL:
-            raise ProtocolError("TLS is not offered by this proxy")
+            if not self._offer_tls or self.tls:
+                raise ProtocolError("TLS is not offered by this proxy" if not self._offer_tls else "a second SSLRequest")
+            self.tls = True
+            self._expect_seq = seq + 1
+            return StartTls()
         resp = parse_handshake_response(payload)
+        if self._require_tls and not self.tls:
+            self._phase = _OVER
+            return Refused(Err.SECURE_TRANSPORT_REQUIRED, "Connections using insecure transport are prohibited "
+                           "(mysql-pool-proxy listen.require_tls)", seq + 1)
         self.user, self.database, self.collation = resp.user, resp.database, resp.collation
         self.caps = resp.capabilities & self.offered
         plugin = resp.auth_plugin or auth.NATIVE

@@ -75,6 +75,7 @@ class ProxyServer:
         self.config = cfg
         self.config_path = config_path
         self.backend_tls = tls.backend_context(cfg.backend)  # raises ConfigError for a bad file
+        self.listen_tls = tls.listen_context(cfg.listen)
         self.pool = Pool(cfg.pool, self._connect)
         self.pool.on_first_link = self._learn_server
         self.clients: dict[int, ClientConnection] = {}
@@ -240,6 +241,7 @@ class ProxyServer:
             new = config_mod.load(self.config_path)
             # Read again even when the config is unchanged: certificate files may have been renewed.
             new_tls = tls.backend_context(new.backend)
+            new_listen_tls = tls.listen_context(new.listen)
         except config_mod.ConfigError as e:
             log.error("reload failed, keeping the running config: %s", e)
             return
@@ -252,6 +254,7 @@ class ProxyServer:
                         old.metrics.address if old.metrics.port else "metrics off")
             new = config_mod.Config(**{**new.__dict__, "metrics": old.metrics})
         self.backend_tls = new_tls
+        self.listen_tls = new_listen_tls  # for connections from now on
         if new.backend != old.backend:
             # New credentials or address: links opened from now use them; idle old ones go.
             for idle in self.pool.idle.values():

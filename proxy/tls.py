@@ -1,14 +1,22 @@
-"""TLS contexts built from the config (backend.tls and its files).
+"""TLS: contexts built from the config, and the TLS layer of client connections.
 
-Built once at start and again on reload, so that a bad certificate file is a config error
-named by its key, and each new link reuses the same context instead of reading the files.
+Contexts are built once at start and again on reload, so that a bad certificate file is a
+config error named by its key, and each new connection reuses one instead of reading files.
+Links to the server use asyncio's own TLS (``loop.start_tls``). Client connections use
+``ClientTls`` below: a client sends its TLS handshake right behind its SSLRequest, often in
+the same read, and those bytes must reach TLS, which ``start_tls`` offers no way to do.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import ssl
+from collections.abc import Iterable
 
-from .config import BackendConfig, ConfigError
+from .config import BackendConfig, ConfigError, ListenConfig
+
+log = logging.getLogger("proxy.tls")
 
 
 def backend_context(cfg: BackendConfig) -> ssl.SSLContext | None:
@@ -44,5 +52,130 @@ def backend_context(cfg: BackendConfig) -> ssl.SSLContext | None:
     return ctx
 
 
+def listen_context(cfg: ListenConfig) -> ssl.SSLContext | None:
+    """The context TLS clients are served with, or None when no certificate is configured."""
+    if not cfg.tls_cert or not cfg.tls_key:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+    except (ssl.SSLError, OSError) as e:
+        raise ConfigError(f"listen.tls_cert: cannot load {cfg.tls_cert} with {cfg.tls_key}: {_reason(e)}") from None
+    return ctx
+
+
 def _reason(e: Exception) -> str:
     return getattr(e, "reason", None) or getattr(e, "strerror", None) or str(e)
+
+
+class ClientTls(asyncio.Protocol, asyncio.Transport):
+    """Server-side TLS between a client's socket and its ClientConnection.
+
+    To the socket's transport it is the protocol; to the client connection it is the transport
+    (write, close, pause_reading ...), so the connection works the same over TLS. ``early``:
+    TLS bytes already read together with the SSLRequest. Data the client sends flows through
+    ``ssl.SSLObject`` over memory buffers, with no copies kept beyond one read.
+    """
+
+    def __init__(self, raw: asyncio.Transport, app: asyncio.Protocol, context: ssl.SSLContext, early: bytes) -> None:
+        super().__init__()
+        self._raw = raw
+        self._app = app
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._handshake_done = False
+        raw.set_protocol(self)
+        if early:
+            self.data_received(early)
+
+    # -- protocol side: the socket's transport calls these ------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self._incoming.write(data)
+        try:
+            if not self._handshake_done:
+                self._tls.do_handshake()
+                self._handshake_done = True
+            plain = []
+            while True:
+                chunk = self._tls.read(65536)
+                if not chunk:
+                    break
+                plain.append(chunk)
+        except ssl.SSLWantReadError:
+            pass  # a partial record: the rest comes with the next read
+        except ssl.SSLZeroReturnError:  # the client's close_notify
+            self._flush()
+            self._raw.close()
+            return
+        except ssl.SSLError as e:
+            log.info("client TLS error from %s: %s; closing", self._raw.get_extra_info("peername"), e.reason or e)
+            self._flush()  # a TLS alert, if OpenSSL wrote one
+            self._raw.abort()
+            return
+        self._flush()
+        if self._handshake_done and plain:
+            self._app.data_received(b"".join(plain) if len(plain) > 1 else plain[0])
+
+    def eof_received(self) -> bool | None:
+        return None  # the socket transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._app.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._app.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._app.resume_writing()
+
+    # -- transport side: the client connection calls these -------------------------------
+
+    def _flush(self) -> None:
+        data = self._outgoing.read()
+        if data:
+            self._raw.write(data)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._raw.is_closing():
+            return
+        self._tls.write(data)
+        self._flush()
+
+    def writelines(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
+        self.write(b"".join(chunks))
+
+    def is_closing(self) -> bool:
+        return self._raw.is_closing()
+
+    def close(self) -> None:
+        if self._raw.is_closing():
+            return
+        if self._handshake_done:
+            try:
+                self._tls.unwrap()  # close_notify; the client's answer is not waited for
+            except ssl.SSLError:
+                pass
+            self._flush()
+        self._raw.close()
+
+    def abort(self) -> None:
+        self._raw.abort()
+
+    def pause_reading(self) -> None:
+        self._raw.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._raw.resume_reading()
+
+    def get_write_buffer_size(self) -> int:
+        return self._raw.get_write_buffer_size()
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        if name == "ssl_object":
+            return self._tls
+        if name == "cipher":
+            return self._tls.cipher()
+        return self._raw.get_extra_info(name, default)

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.login import Accepted, Login, Refused, Send
+from proxy.login import Accepted, Login, Refused, Send, StartTls
 from proxy.mysql import auth
 from proxy.mysql.constants import SERVER_CAPS, Cap, Err
 from proxy.mysql.messages import HandshakeResponse, build_handshake_response, parse_auth_switch, parse_handshake
@@ -132,9 +132,8 @@ def test_out_of_order_and_tls_requests_are_protocol_errors() -> None:
     lg = login()
     with pytest.raises(ProtocolError, match="out of order"):
         lg.receive(2, response(lg))
-    ssl_request = struct.pack("<IIB", CLIENT_CAPS | Cap.SSL, 1 << 24, 33) + b"\0" * 23
-    with pytest.raises(ProtocolError, match="TLS"):
-        lg.receive(1, ssl_request)
+    with pytest.raises(ProtocolError, match="TLS is not offered by this proxy"):
+        lg.receive(1, ssl_request())
     with pytest.raises(ProtocolError):
         login().receive(1, b"\x01\x02")  # truncated handshake response
 
@@ -213,3 +212,43 @@ def test_any_change_user_bytes_get_an_answer_or_a_protocol_error(payload: bytes)
     except ProtocolError:
         return
     assert isinstance(step, Send | Accepted | Refused)
+
+
+# --------------------------------------------------------------------------- TLS (listen.tls_cert)
+
+
+def ssl_request(caps: int = CLIENT_CAPS | Cap.SSL) -> bytes:
+    return build_handshake_response(HandshakeResponse(caps, 1 << 24, 33, USER, b"", None, None))[:32]
+
+
+def test_tls_offered_only_when_configured() -> None:
+    plain = parse_handshake(unpack(login().greeting("10.11.9-MariaDB", 1))[0][1])
+    assert not plain.capabilities & Cap.SSL
+    lg = Login(auth.NATIVE, {USER: PASSWORD}.get, "10.1.2.3", offer_tls=True)
+    assert parse_handshake(unpack(lg.greeting("10.11.9-MariaDB", 1))[0][1]).capabilities & Cap.SSL
+
+
+def test_ssl_request_then_the_response_with_sequence_id_2() -> None:
+    lg = Login(auth.NATIVE, {USER: PASSWORD}.get, "10.1.2.3", offer_tls=True, require_tls=True)
+    lg.greeting("10.11.9-MariaDB", 1)
+    assert type(lg.receive(1, ssl_request())) is StartTls and lg.tls
+    with pytest.raises(ProtocolError, match="sequence id 1, expected 2"):
+        lg.receive(1, response(lg, caps=CLIENT_CAPS | Cap.SSL))
+    step = lg.receive(2, response(lg, caps=CLIENT_CAPS | Cap.SSL))
+    assert type(step) is Accepted and step.ok_seq == 3 and step.user == USER
+
+
+def test_a_second_ssl_request_is_refused() -> None:
+    lg = Login(auth.NATIVE, {USER: PASSWORD}.get, "10.1.2.3", offer_tls=True)
+    lg.greeting("10.11.9-MariaDB", 1)
+    lg.receive(1, ssl_request())
+    with pytest.raises(ProtocolError, match="a second SSLRequest"):
+        lg.receive(2, ssl_request())
+
+
+def test_require_tls_refuses_a_plain_login_before_checking_the_password() -> None:
+    lg = Login(auth.NATIVE, {USER: PASSWORD}.get, "10.1.2.3", offer_tls=True, require_tls=True)
+    lg.greeting("10.11.9-MariaDB", 1)
+    step = lg.receive(1, response(lg, password="wrong"))
+    assert step == Refused(Err.SECURE_TRANSPORT_REQUIRED, step.message, 2)  # not 1045: the password is not looked at
+    assert "insecure transport" in step.message

@@ -9,8 +9,10 @@ link's session, and accounts created REQUIRE SSL / REQUIRE X509 that it refuses 
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import threading
@@ -34,10 +36,13 @@ from proxy.mysql.messages import (
     AUTH_MORE_DATA,
     OK,
     Handshake,
+    HandshakeResponse,
     build_auth_switch,
     build_handshake,
+    build_handshake_response,
     build_ok,
     build_result_set,
+    parse_handshake,
     parse_handshake_response,
 )
 from proxy.mysql.packets import ProtocolError, frame
@@ -336,3 +341,129 @@ async def test_clear_password_is_refused_without_tls() -> None:
         await open_link(cfg, kind=0, timeout=10, tls=backend_context(cfg))
     await asyncio.to_thread(thread.join, 10)
     assert seen == [b""]  # the link was closed; the password never went out
+
+
+# -- TLS from clients to the proxy (listen.tls_cert) ------------------------------------------
+
+
+def _listen_tls(tls_files: TlsFiles, **more: Any) -> dict[str, Any]:
+    return {"listen": {"tls_cert": tls_files.server_cert, "tls_key": tls_files.server_key, **more}}
+
+
+def _tls_client(p: Any, tls_files: TlsFiles, **kw: Any) -> pymysql.connections.Connection:
+    return p.connect(ssl={"ca": tls_files.ca, "check_hostname": True}, **kw)
+
+
+def test_clients_over_tls(tls_files: TlsFiles, proxy_factory: ProxyFactory) -> None:
+    p = proxy_factory(_listen_tls(tls_files) | {"pool": {"max_connections": 2}})
+    conns = [_tls_client(p, tls_files) for _ in range(6)]  # more clients than links: they share them
+    for i, conn in enumerate(conns):
+        assert conn._sock.version() in ("TLSv1.2", "TLSv1.3")  # type: ignore[union-attr]
+        with conn.cursor() as cur:
+            cur.execute("SELECT %s, REPEAT('x', 100000)", (i,))
+            n, big = cur.fetchone()
+            assert n == i and big == "x" * 100000
+    # A large result over TLS: many records, the relay's back-pressure in between.
+    with conns[0].cursor() as cur:
+        cur.execute("SELECT seq, REPEAT('y', 200) FROM seq_1_to_50000")
+        rows = cur.fetchall()
+    assert len(rows) == 50000 and rows[-1] == (50000, "y" * 200)
+    # Plain-text clients are served alongside.
+    with p.connect().cursor() as cur:
+        cur.execute("SELECT 1")
+        assert cur.fetchone() == (1,)
+
+
+def test_require_tls_refuses_plain_text(tls_files: TlsFiles, proxy_factory: ProxyFactory) -> None:
+    p = proxy_factory(_listen_tls(tls_files, require_tls=True))
+    with pytest.raises(pymysql.err.OperationalError) as info:
+        p.connect(ssl_disabled=True)  # PyMySQL takes TLS on its own when it is offered
+    assert info.value.args[0] == 3159 and "insecure transport" in info.value.args[1]
+    with _tls_client(p, tls_files).cursor() as cur:
+        cur.execute("SELECT CURRENT_USER()")
+        assert cur.fetchone()[0] == f"{APP_USER}@%"
+
+
+def test_mariadb_cli_over_tls(tls_files: TlsFiles, proxy_factory: ProxyFactory) -> None:
+    p = proxy_factory(_listen_tls(tls_files, require_tls=True))
+    code, out, err = run_cli(p.port, APP_USER, APP_PASSWORD, "status", APP_DB,
+                             extra_args=["--ssl", f"--ssl-ca={tls_files.ca}", "--ssl-verify-server-cert"])
+    assert code == 0, err
+    assert re.search(r"SSL:\s+Cipher in use is \S+", out), out
+    code, _out, err = run_cli(p.port, APP_USER, APP_PASSWORD, "SELECT 1", APP_DB, extra_args=["--skip-ssl"])
+    assert code != 0 and "3159" in err
+
+
+def _ssl_request() -> bytes:
+    return frame(struct.pack("<IIB", int(Cap.PROTOCOL_41 | Cap.SECURE_CONNECTION | Cap.SSL), 1 << 24, 45) + bytes(23), 1)
+
+
+def test_tls_handshake_in_the_same_read_as_the_ssl_request(tls_files: TlsFiles, proxy_factory: ProxyFactory) -> None:
+    """A client may send its ClientHello right behind the SSLRequest, in one segment: those bytes
+    must reach TLS, not the packet reader (here both go out in one sendall)."""
+    p = proxy_factory(_listen_tls(tls_files))
+    context = ssl.create_default_context(cafile=tls_files.ca)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    with socket.create_connection((p.host, p.port), timeout=10) as sock:
+        _seq, greeting = recv_packet(sock)
+        hs = parse_handshake(greeting)
+        assert hs.capabilities & Cap.SSL
+        with pytest.raises(ssl.SSLWantReadError):
+            tls.do_handshake()
+        sock.sendall(_ssl_request() + outgoing.read())  # the SSLRequest and the ClientHello together
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                if outgoing.pending:
+                    sock.sendall(outgoing.read())
+                incoming.write(sock.recv(65536))
+        sock.sendall(outgoing.read())
+        # The login, over TLS: sequence id 2 after the SSLRequest's 1.
+        caps = int(Cap.PROTOCOL_41 | Cap.SECURE_CONNECTION | Cap.PLUGIN_AUTH | Cap.SSL)
+        response = HandshakeResponse(caps, 1 << 24, 45, APP_USER, auth.native_scramble(APP_PASSWORD, hs.scramble),
+                                     None, auth.NATIVE)
+        tls.write(frame(build_handshake_response(response), 2))
+        sock.sendall(outgoing.read())
+        reply = b""
+        while len(reply) < 4 or len(reply) < 4 + int.from_bytes(reply[:3], "little"):
+            try:
+                reply += tls.read(65536)
+            except ssl.SSLWantReadError:
+                incoming.write(sock.recv(65536))
+    assert reply[3] == 3 and reply[4] == 0x00, reply  # OK, sequence id 3
+
+
+def test_tls_handshake_garbage_is_one_client_closed(tls_files: TlsFiles, proxy_factory: ProxyFactory) -> None:
+    p = proxy_factory(_listen_tls(tls_files))
+    other = p.connect()
+    for garbage in (b"\x16\x03\x01\x00\x05hello", b"not tls at all, just bytes" * 10, b""):
+        with socket.create_connection((p.host, p.port), timeout=10) as sock:
+            recv_packet(sock)  # the greeting
+            sock.sendall(_ssl_request() + garbage)
+            if not garbage:
+                sock.shutdown(socket.SHUT_WR)
+            assert sock.recv(4096) is not None  # a TLS alert or nothing, then the close
+            sock.settimeout(10)
+            while sock.recv(4096):
+                pass
+    with other.cursor() as cur:
+        cur.execute("SELECT 2")
+        assert cur.fetchone() == (2,)
+    log = p.log()
+    assert "client TLS error" in log
+
+
+def test_tls_not_offered_without_a_certificate(proxy_factory: ProxyFactory) -> None:
+    p = proxy_factory()
+    with socket.create_connection((p.host, p.port), timeout=10) as sock:
+        _seq, greeting = recv_packet(sock)
+        assert not parse_handshake(greeting).capabilities & Cap.SSL
+        sock.sendall(_ssl_request())
+        seq, err = recv_packet(sock)
+    assert seq == 2 and err[0] == 0xFF and b"TLS is not offered by this proxy" in err
+    with p.connect(ssl_disabled=True).cursor() as cur:
+        cur.execute("SELECT 1")
+        assert cur.fetchone() == (1,)

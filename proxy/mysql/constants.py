@@ -186,6 +186,7 @@ class Err:
     CONNECTION_KILLED = 1927
     SERVER_GONE = 2006  # client-side codes, used for "your backend went away"
     SERVER_LOST = 2013
+    SECURE_TRANSPORT_REQUIRED = 3159  # MySQL's require_secure_transport refusal
 
 
 # Errors on connect that mean "the account or server is full": back-pressure, not a failure.
@@ -195,6 +196,7 @@ CAPACITY_ERRORS = frozenset({Err.CON_COUNT, Err.USER_LIMIT_REACHED})
 SQLSTATE: dict[int, str] = {
     Err.CON_COUNT: "08004",
     Err.HANDSHAKE: "08S01",
+    Err.SECURE_TRANSPORT_REQUIRED: "HY000",
     Err.DBACCESS_DENIED: "42000",
     Err.ACCESS_DENIED: "28000",
     Err.UNKNOWN_COM: "08S01",

@@ -123,6 +123,15 @@ class PacketReader:
         """Bytes held that do not yet make a complete payload."""
         return len(self._buf) + self._parts_len
 
+    def take_rest(self) -> bytes:
+        """The bytes held after the last complete payload, given up (the client's TLS handshake,
+        which can come in the same read as its SSLRequest)."""
+        if self._parts:
+            raise ProtocolError("a packet split over several frames was cut short")
+        rest = bytes(self._buf)
+        self._buf.clear()
+        return rest
+
 
 # The callback of a scanner: (payload length, buffer, offset, packets skimmed since the
 # last one shown) -> (verdict, replacement). What it is shown is buffer[offset:offset +
