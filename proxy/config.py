@@ -272,13 +272,13 @@ def parse(raw: Any, source: str = "<config>") -> Config:
     _check_backend_tls(backend)
 
     admin = _section(AdminConfig, raw.get("admin"), "admin", warnings)
-    metrics = _section(MetricsConfig, raw.get("metrics"), "metrics", warnings)
-    _check(0 <= metrics.port < 65536, "metrics.port", "must be between 1 and 65535 (0: off)")
-    _check(not metrics.port or metrics.port != listen.port, "metrics.port", "must differ from listen.port")
     if admin.user and not admin.password:
         raise ConfigError("admin.password: required when admin.user is set")
     if admin.user and admin.user == backend.user:
         raise ConfigError("admin.user: must differ from backend.user (the admin console serves no SQL)")
+    metrics = _section(MetricsConfig, raw.get("metrics"), "metrics", warnings)
+    _check(0 <= metrics.port < 65536, "metrics.port", "must be between 1 and 65535 (0: off)")
+    _check(not metrics.port or metrics.port != listen.port, "metrics.port", "must differ from listen.port")
     users_raw = raw.get("users") or []
     if not isinstance(users_raw, list):
         raise ConfigError("users: expected a list of {user, password}")
@@ -342,8 +342,7 @@ def _check_listen(listen: ListenConfig) -> None:
     _check(not listen.require_tls or listen.tls_cert is not None, "listen.require_tls",
            "needs listen.tls_cert and listen.tls_key")
     for key in ("tls_cert", "tls_key"):
-        path = getattr(listen, key)
-        _check(path is None or (Path(path).is_file() and os.access(path, os.R_OK)), f"listen.{key}", f"cannot read {path}")
+        _check_readable(getattr(listen, key), f"listen.{key}")
 
 
 def _check_backend_tls(backend: BackendConfig) -> None:
@@ -359,10 +358,14 @@ def _check_backend_tls(backend: BackendConfig) -> None:
            f"only verify_ca and verify_identity check the server's certificate (backend.tls is {mode})")
     for key in ("tls_ca", "tls_cert", "tls_key"):
         path = getattr(backend, key)
-        if path is None:
-            continue
-        _check(mode != "disabled", f"backend.{key}", f"set, but TLS to the server is disabled (backend.tls: {mode})")
-        _check(Path(path).is_file() and os.access(path, os.R_OK), f"backend.{key}", f"cannot read {path}")
+        if path is not None:
+            _check(mode != "disabled", f"backend.{key}", f"set, but TLS to the server is disabled (backend.tls: {mode})")
+            _check_readable(path, f"backend.{key}")
+
+
+def _check_readable(path: str | None, key: str) -> None:
+    """A file the proxy reads when it starts and reloads (certificates, keys): fail at check time."""
+    _check(path is None or (Path(path).is_file() and os.access(path, os.R_OK)), key, f"cannot read {path}")
 
 
 def _check_socket_path(path_str: str, key: str) -> None:

@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, exposition
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 if TYPE_CHECKING:
-    from .config import Config, MetricsConfig
+    from .config import MetricsConfig
     from .frontend import ClientConnection, ClientStats
     from .pool import Pool
 
@@ -35,7 +35,6 @@ REQUEST_TIMEOUT = 5.0
 class MetricsContext(Protocol):
     """What the metrics report on; ProxyServer (server.py) is the one."""
 
-    config: Config
     pool: Pool
     clients: dict[int, ClientConnection]
     client_stats: ClientStats

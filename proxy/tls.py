@@ -139,9 +139,16 @@ class ClientTls(asyncio.Protocol, asyncio.Transport):
             self._raw.write(data)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._raw.is_closing():
+        # Before the handshake is done nothing can go out (an error for a client that never
+        # finished it, at handshake_timeout, is dropped; the close follows).
+        if self._raw.is_closing() or not self._handshake_done:
             return
-        self._tls.write(data)
+        try:
+            self._tls.write(data)
+        except ssl.SSLError as e:  # the client already closed its side of TLS
+            log.info("client TLS error from %s: %s; closing", self._raw.get_extra_info("peername"), e.reason or e)
+            self._raw.abort()
+            return
         self._flush()
 
     def writelines(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None:

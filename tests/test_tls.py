@@ -456,6 +456,16 @@ def test_tls_handshake_garbage_is_one_client_closed(tls_files: TlsFiles, proxy_f
     assert "client TLS error" in log
 
 
+def test_a_client_that_stops_mid_tls_handshake_is_timed_out(tls_files: TlsFiles, proxy_factory: ProxyFactory) -> None:
+    p = proxy_factory(_listen_tls(tls_files, handshake_timeout=0.5))
+    with socket.create_connection((p.host, p.port), timeout=10) as sock:
+        recv_packet(sock)
+        sock.sendall(_ssl_request())  # and no TLS handshake after it
+        assert sock.recv(4096) == b""  # closed at handshake_timeout; no plain-text error inside TLS
+    log = p.wait_log("no login within handshake_timeout")
+    assert "client TLS error" not in log  # one event, one line: the timeout, not a TLS failure
+
+
 def test_tls_not_offered_without_a_certificate(proxy_factory: ProxyFactory) -> None:
     p = proxy_factory()
     with socket.create_connection((p.host, p.port), timeout=10) as sock:
