@@ -62,12 +62,14 @@ def show_clients(server: ConsoleContext, caps: int) -> list[bytes]:
         pins = ", ".join(f"{reason} ({now - since:.1f}s)" for reason, since in s.pins.items()) if s else ""
         state = "login" if s is None else "active" if client.busy else "idle"
         link = client.link.facts.thread_id if client.link is not None else None
+        tls = client.transport is not None and client.transport.get_extra_info("ssl_object") is not None
         rows.append([
             client.proxy_id, s.user if s else "", client.peer, state, pins or None, link,
-            client.statements, s.multiplexed if s else 0, round(now - client.connected_at, 1),
+            client.statements, s.multiplexed if s else 0, round(now - client.connected_at, 1), int(tls),
         ])
-    cols = ["id", "user", "peer", "state", "pinned_for", "backend_thread", "statements", "links_returned", "connected_s"]
-    return _result(cols, rows, caps, {"id", "backend_thread", "statements", "links_returned"})
+    cols = ["id", "user", "peer", "state", "pinned_for", "backend_thread", "statements", "links_returned", "connected_s",
+            "tls"]
+    return _result(cols, rows, caps, {"id", "backend_thread", "statements", "links_returned", "tls"})
 
 
 def show_backends(server: ConsoleContext, caps: int) -> list[bytes]:

@@ -18,6 +18,8 @@ from .config import BackendConfig, ConfigError, ListenConfig
 
 log = logging.getLogger("proxy.tls")
 
+_READ_SIZE = 1 << 17  # decrypted bytes taken at once (a TLS record holds at most 16 KiB)
+
 
 def backend_context(cfg: BackendConfig) -> ssl.SSLContext | None:
     """The context links to the server use, or None when TLS to it is disabled.
@@ -93,14 +95,17 @@ class ClientTls(asyncio.Protocol, asyncio.Transport):
     # -- protocol side: the socket's transport calls these ------------------------------
 
     def data_received(self, data: bytes) -> None:
-        self._incoming.write(data)
+        incoming, tls = self._incoming, self._tls
+        incoming.write(data)
+        plain = []
         try:
             if not self._handshake_done:
-                self._tls.do_handshake()
+                tls.do_handshake()
                 self._handshake_done = True
-            plain = []
-            while True:
-                chunk = self._tls.read(65536)
+            # Read while bytes are left, not until SSLWantReadError: the usual read is one whole
+            # record (a command), and raising costs more than the decryption.
+            while incoming.pending or tls.pending():
+                chunk = tls.read(_READ_SIZE)
                 if not chunk:
                     break
                 plain.append(chunk)

@@ -355,7 +355,8 @@ def _tls_client(p: Any, tls_files: TlsFiles, **kw: Any) -> pymysql.connections.C
 
 
 def test_clients_over_tls(tls_files: TlsFiles, proxy_factory: ProxyFactory) -> None:
-    p = proxy_factory(_listen_tls(tls_files) | {"pool": {"max_connections": 2}})
+    p = proxy_factory(_listen_tls(tls_files) | {"pool": {"max_connections": 2},
+                                                 "admin": {"user": "admin", "password": "admin-pw"}})
     conns = [_tls_client(p, tls_files) for _ in range(6)]  # more clients than links: they share them
     for i, conn in enumerate(conns):
         assert conn._sock.version() in ("TLSv1.2", "TLSv1.3")  # type: ignore[union-attr]
@@ -369,9 +370,15 @@ def test_clients_over_tls(tls_files: TlsFiles, proxy_factory: ProxyFactory) -> N
         rows = cur.fetchall()
     assert len(rows) == 50000 and rows[-1] == (50000, "y" * 200)
     # Plain-text clients are served alongside.
-    with p.connect().cursor() as cur:
+    plain = p.connect(ssl_disabled=True)
+    with plain.cursor() as cur:
         cur.execute("SELECT 1")
         assert cur.fetchone() == (1,)
+    admin = p.connect(user="admin", password="admin-pw", database=None, ssl_disabled=True)
+    with admin.cursor(pymysql.cursors.DictCursor) as cur:
+        cur.execute("SHOW CLIENTS")
+        tls_by_client = sorted(int(r["tls"]) for r in cur.fetchall() if r["user"] == APP_USER)
+    assert tls_by_client == [0] + [1] * 6
 
 
 def test_require_tls_refuses_plain_text(tls_files: TlsFiles, proxy_factory: ProxyFactory) -> None:
