@@ -90,14 +90,16 @@ def set_cpu_share(pid: int, nice: int, own_session: bool) -> str:
 
 
 @contextmanager
-def private_mariadb(max_connections: int = 500, own_session: bool = True) -> Iterator[MariaDB]:
+def private_mariadb(max_connections: int = 500, own_session: bool = True,
+                    tls_files: tuple[str, str, str] | None = None) -> Iterator[MariaDB]:
     """A throwaway MariaDB in a temp dir under /tmp on a free port, removed on exit.
 
-    ``own_session``: see ``Proxy``; the server runs as a service would.
+    ``own_session``: see ``Proxy``; the server runs as a service would. ``tls_files``: (CA,
+    certificate, key) to offer TLS with.
     """
     # A bigger buffer pool than the tests': the sysbench tables should stay in memory.
     db = MariaDB.launch(prefix="mpp-bench-", parent="/tmp", max_connections=max_connections,
-                        innodb_buffer_pool_size="128M", own_session=own_session)
+                        innodb_buffer_pool_size="128M", own_session=own_session, tls_files=tls_files)
     try:
         yield db
     finally:

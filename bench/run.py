@@ -30,6 +30,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,7 @@ from _server import (  # noqa: E402
     proxy_source,
     set_cpu_share,
 )
+from tls_certs import make_tls_files  # noqa: E402  (in tests/, which _server puts on the path)
 
 SB_USER, SB_PASSWORD, SB_DB = "sbtest", "sbtest-secret", "sbtest"
 
@@ -156,7 +158,8 @@ def sysbench_base(sysbench: str, where: int | str, args: argparse.Namespace) -> 
 
 
 def sysbench_run_cmd(sysbench: str, where: int | str, args: argparse.Namespace, ps_mode: str) -> list[str]:
-    return sysbench_base(sysbench, where, args) + [
+    # --mysql-ssl reads client-key.pem, client-cert.pem and cacert.pem from the working directory.
+    return sysbench_base(sysbench, where, args) + (["--mysql-ssl=on"] if args.tls else []) + [
         f"--threads={args.threads}",
         f"--time={args.time}",
         "--percentile=99",
@@ -175,14 +178,16 @@ def _machine_jiffies() -> tuple[int, int]:
     return total - idle, total
 
 
-def run_sysbench(label: str, cmd: list[str], limit: float, watch: dict[str, int]) -> SysbenchResult:
-    """Run one sysbench phase; ``watch`` maps process names to pids whose CPU time is recorded."""
+def run_sysbench(label: str, cmd: list[str], limit: float, watch: dict[str, int], cwd: Path | None = None) -> SysbenchResult:
+    """Run one sysbench phase; ``watch`` maps process names to pids whose CPU time is recorded.
+
+    ``cwd``: where sysbench runs (with --tls, the directory that holds its certificate files)."""
     cpu0 = {name: cpu_times(pid) for name, pid in watch.items()}
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy0, _ = _machine_jiffies()
     t0 = time.monotonic()
     try:
-        p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=limit)
+        p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=limit, cwd=cwd)
     except subprocess.TimeoutExpired as e:
         out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
         err = (e.stderr or b"").decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
@@ -489,6 +494,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--client-socket", action="store_true",
                     help="sysbench reaches the server, the proxy (listen.unix_socket) and haproxy over unix "
                          "sockets instead of TCP")
+    ap.add_argument("--tls", action="store_true",
+                    help="TLS everywhere: sysbench to the server, the proxy and haproxy (which relays it), and the "
+                         "proxy to the server (backend.tls verify_identity), with throwaway certificates")
     args = ap.parse_args(argv)
     if args.threads < 1 or args.time < 1 or args.pool < 1 or args.rounds < 1:
         ap.error("--threads, --rounds, --time and --pool must be positive")
@@ -501,11 +509,19 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     workloads: list[Workload] = []
     limit = args.time + 60  # a phase taking this long is a hang
+    tls_dir: Path | None = None
     try:
         sysbench = ensure_sysbench()
         sb_version = subprocess.run([sysbench, "--version"], capture_output=True, text=True).stdout.strip()
         nofile = idle_clients.raise_nofile(max(args.idle_clients, args.threads) + 1024)
-        with proxy_source(args.proxy_rev) as src, private_mariadb(max(500, args.threads * 2 + 50), own_session=not args.one_session) as db:
+        tls = None
+        if args.tls:
+            tls_dir = Path(tempfile.mkdtemp(prefix="mpp-bench-tls-", dir="/tmp"))
+            tls = make_tls_files(tls_dir)
+            (tls_dir / "cacert.pem").symlink_to("ca.pem")  # the name sysbench's --mysql-ssl looks for
+        with proxy_source(args.proxy_rev) as src, private_mariadb(
+                max(500, args.threads * 2 + 50), own_session=not args.one_session,
+                tls_files=(tls.ca, tls.server_cert, tls.server_key) if tls else None) as db:
             db.make_account(SB_USER, SB_PASSWORD, SB_DB)
             prep = subprocess.run(sysbench_base(sysbench, db.port, args) + ["--threads=4", "prepare"],
                                   stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
@@ -516,13 +532,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{describe_source(args.proxy_rev)}; pool max_connections {args.pool}, queue_timeout 30")
             print(session_layout(args.one_session))
             links = [("sysbench", args.client_socket), ("the proxy and haproxy to the server", args.backend_socket)]
-            print("; ".join(f"{who} over {'unix sockets' if unix else 'TCP'}" for who, unix in links))
+            print("; ".join(f"{who} over {'unix sockets' if unix else 'TCP'}" for who, unix in links)
+                  + ("; TLS on every connection" if tls else ""))
             print(f"oltp_point_select: {args.tables} tables x {args.table_size} rows, {args.threads} threads, "
                   f"{args.rounds} round{'s' if args.rounds != 1 else ''} of direct then proxy, {args.time} s per phase", flush=True)
 
+            tls_config = {"listen": {"tls_cert": tls.server_cert, "tls_key": tls.server_key},
+                          "backend": {"tls": "verify_identity", "tls_ca": tls.ca}} if tls else None
             proxy = Proxy(db, SB_USER, SB_PASSWORD, pool=args.pool, queue_timeout=30, log_level=args.log_level,
                           own_session=not args.one_session, via_socket=args.backend_socket,
-                          client_socket=args.client_socket,
+                          client_socket=args.client_socket, extra=tls_config,
                           src_root=src)
             relay = ByteRelay(db, via_socket=args.backend_socket, client_socket=args.client_socket) if args.haproxy else None
             try:
@@ -541,13 +560,13 @@ def main(argv: list[str] | None = None) -> int:
                     for i in range(1, args.rounds + 1):
                         print(f"    round {i}: direct ...", end="", flush=True)
                         d = run_sysbench(f"{name} direct, round {i}", sysbench_run_cmd(sysbench, db.socket if args.client_socket else db.port, args, ps_mode),
-                                         limit, {"mariadbd": db.pid})
+                                         limit, {"mariadbd": db.pid}, tls_dir)
                         print(f" {d.qps:,.0f} qps; proxy ...", end="", flush=True)
                         p: SysbenchResult | None = None
                         if proxy.alive:
                             p = run_sysbench(f"{name} proxy, round {i}",
                                              sysbench_run_cmd(sysbench, proxy.client_address, args, ps_mode), limit,
-                                             {"mariadbd": db.pid, "proxy": proxy.pid})
+                                             {"mariadbd": db.pid, "proxy": proxy.pid}, tls_dir)
                             ratio = f" ({p.qps / d.qps:.2f}x)" if p.ok and d.ok and d.qps else ""
                             print(f" {p.qps:,.0f} qps{ratio}", flush=True)
                         else:
@@ -561,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
                             print(f"    round {i}: haproxy ...", end="", flush=True)
                             h = run_sysbench(f"{name} haproxy, round {i}",
                                              sysbench_run_cmd(sysbench, relay.client_address, args, ps_mode), limit,
-                                             {"mariadbd": db.pid, "haproxy": relay.pid})
+                                             {"mariadbd": db.pid, "haproxy": relay.pid}, tls_dir)
                             w.relayed.append(h)
                             ratio = f" ({h.qps / d.qps:.2f}x)" if h.ok and d.ok and d.qps else ""
                             print(f" {h.qps:,.0f} qps{ratio}" if h.ok else f" FAILED: {h.problem}", flush=True)
@@ -579,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
                     if spy is not None:
                         time.sleep(0.5)
                         pr = run_sysbench("point_select proxy+py-spy", sysbench_run_cmd(sysbench, proxy.port, args, "disable"),
-                                          limit, {"proxy": proxy.pid})
+                                          limit, {"proxy": proxy.pid}, tls_dir)
                         spy_out = spy.communicate(timeout=args.time + 60)[0].decode(errors="replace")
                         print(f" {pr.qps:,.0f} qps while sampled", flush=True)
                         if spy.returncode != 0 or not out.exists():
@@ -635,6 +654,9 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as e:
         print(f"\nbench: {e}", file=sys.stderr)
         return 1
+    finally:
+        if tls_dir is not None:
+            shutil.rmtree(tls_dir, ignore_errors=True)
     print(f"\ntotal time {time.monotonic() - started:.0f} s")
     return 1 if failed else 0
 
