@@ -38,7 +38,9 @@ COPY . /tmp/src
 RUN pip install --no-cache-dir '/tmp/src[speed]' && rm -rf /tmp/src
 
 USER mysql-pool-proxy
-EXPOSE 3307
+# 3307: clients. 9187: Prometheus metrics, when the config sets metrics.port (and metrics.host
+# 0.0.0.0, since inside a container loopback is the container's own).
+EXPOSE 3307 9187
 
 # Healthy while the proxy answers with a MySQL greeting on the address its config names
 # (`mysql-pool-proxy health` reads listen.port from the same file, so a changed port is

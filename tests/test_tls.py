@@ -381,6 +381,24 @@ def test_clients_over_tls(tls_files: TlsFiles, proxy_factory: ProxyFactory) -> N
     assert tls_by_client == [0] + [1] * 6
 
 
+def test_reload_serves_a_renewed_certificate(tls_files: TlsFiles, proxy_factory: ProxyFactory,
+                                             tmp_path: Path) -> None:
+    p = proxy_factory(_listen_tls(tls_files))
+    before = _tls_client(p, tls_files)
+    renewed = make_tls_files(tmp_path / "renewed")  # another CA: tells the two certificates apart
+    p.rewrite_config({"listen": {"tls_cert": renewed.server_cert, "tls_key": renewed.server_key}})
+    p.reload()
+    p.wait_log("config reloaded")
+    with _tls_client(p, renewed).cursor() as cur:
+        cur.execute("SELECT 1")
+        assert cur.fetchone() == (1,)
+    with pytest.raises(pymysql.err.OperationalError):
+        _tls_client(p, tls_files)  # the old CA does not vouch for the new certificate
+    with before.cursor() as cur:  # a connection from before the reload carries on
+        cur.execute("SELECT 2")
+        assert cur.fetchone() == (2,)
+
+
 def test_require_tls_refuses_plain_text(tls_files: TlsFiles, proxy_factory: ProxyFactory) -> None:
     p = proxy_factory(_listen_tls(tls_files, require_tls=True))
     with pytest.raises(pymysql.err.OperationalError) as info:
