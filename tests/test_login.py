@@ -173,8 +173,13 @@ def _mutations(draw: st.DrawFn) -> tuple[int, bytes]:
     """A handshake response, cut short or with bytes overwritten, or plain noise."""
     lg = login()
     good = response(lg, plugin=draw(st.sampled_from([auth.NATIVE, auth.CACHING_SHA2, "dialog", None])))
-    kind = draw(st.sampled_from(["cut", "overwrite", "noise"]))
-    if kind == "cut":
+    kind = draw(st.sampled_from(["cut", "overwrite", "noise", "ssl"]))
+    if kind == "ssl":  # an SSLRequest, as is or overwritten
+        data = bytearray(ssl_request())
+        for _ in range(draw(st.integers(0, 3))):
+            data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+        data = bytes(data)
+    elif kind == "cut":
         data = good[: draw(st.integers(0, len(good)))]
     elif kind == "overwrite":
         data = bytearray(good)
@@ -187,18 +192,25 @@ def _mutations(draw: st.DrawFn) -> tuple[int, bytes]:
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.composite(_mutations)(), st.composite(_mutations)())
-def test_any_login_bytes_get_an_answer_or_a_protocol_error(first: tuple[int, bytes], second: tuple[int, bytes]) -> None:
+@given(st.composite(_mutations)(), st.composite(_mutations)(), st.composite(_mutations)(),
+       st.sampled_from(["plain", "offered", "required"]))
+def test_any_login_bytes_get_an_answer_or_a_protocol_error(first: tuple[int, bytes], second: tuple[int, bytes],
+                                                           third: tuple[int, bytes], tls: str) -> None:
     """Whatever a client sends while logging in, the machine answers or raises ProtocolError (which the
-    frontend turns into a 'Bad handshake' error packet): never another exception."""
-    lg = login()
-    for seq, data in (first, second):
+    frontend turns into a 'Bad handshake' error packet): never another exception. With TLS offered
+    or required, an SSLRequest (StartTls) may come first, then what follows it over TLS."""
+    lg = Login(auth.NATIVE, {USER: PASSWORD, "nopw": ""}.get, "10.1.2.3", offer_tls=tls != "plain",
+               require_tls=tls == "required")
+    lg.greeting("10.11.9-MariaDB", 1)
+    for seq, data in (first, second, third):
         try:
             step = lg.receive(seq, data)
         except ProtocolError:
             return
-        assert isinstance(step, Send | Accepted | Refused)
-        if not isinstance(step, Send):
+        assert isinstance(step, Send | Accepted | Refused | StartTls)
+        assert not isinstance(step, StartTls) or tls != "plain"
+        assert not isinstance(step, Accepted) or tls != "required" or lg.tls  # never a plain login when required
+        if not isinstance(step, Send | StartTls):
             return
 
 
