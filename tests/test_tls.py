@@ -196,6 +196,21 @@ def test_reload_applies_new_tls_settings(tls_server: MariaDB, proxy_factory: Pro
     assert _link_cipher(p.connect())
 
 
+def test_a_killed_idle_tls_link_is_replaced_unnoticed(tls_server: MariaDB, proxy_factory: ProxyFactory) -> None:
+    # The idle watch over TLS: the server's goodbye arrives encrypted, and the link still goes at once.
+    p = proxy_factory(_backend(tls_server, SSL_USER, SSL_PASSWORD, tls="required")
+                      | {"users": [{"user": APP_USER, "password": APP_PASSWORD}], "pool": {"max_connections": 1}})
+    conn = p.connect()
+    with conn.cursor() as cur:
+        cur.execute("SELECT CONNECTION_ID()")  # (the proxy's id for this client)
+    assert tls_server.kill_user_connections(SSL_USER) >= 1  # (links of earlier tests may still be closing)
+    p.wait_log("was closed by the server; removed")
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1")
+        assert cur.fetchone() == (1,)
+    assert _link_cipher(conn)
+
+
 def test_mariadb_cli_through_a_tls_backend(tls_server: MariaDB, tls_files: TlsFiles,
                                            proxy_factory: ProxyFactory) -> None:
     p = proxy_factory(_backend(tls_server, SSL_USER, SSL_PASSWORD, tls="verify_identity", tls_ca=tls_files.ca)
