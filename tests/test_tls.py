@@ -107,7 +107,7 @@ def test_required_encrypts_every_link(tls_server: MariaDB, proxy_factory: ProxyF
         with conn.cursor() as cur:
             cur.execute("SELECT CURRENT_USER()")
             assert cur.fetchone()[0] == f"{SSL_USER}@%"
-    # Both of the pool's links are encrypted, as the server counts them.
+    # The account is REQUIRE SSL, so every link the server holds for it is encrypted; and the cap holds.
     rows = tls_server.sql(
         "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = %s", (SSL_USER,))
     assert 1 <= rows[0][0] <= 2
