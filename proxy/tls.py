@@ -47,10 +47,7 @@ def backend_context(cfg: BackendConfig) -> ssl.SSLContext | None:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     if cfg.tls_cert and cfg.tls_key:
-        try:
-            ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
-        except (ssl.SSLError, OSError) as e:
-            raise ConfigError(f"backend.tls_cert: cannot load {cfg.tls_cert} with {cfg.tls_key}: {_reason(e)}") from None
+        _load_certificate(ctx, cfg.tls_cert, cfg.tls_key, "backend.tls_cert")
     return ctx
 
 
@@ -60,11 +57,15 @@ def listen_context(cfg: ListenConfig) -> ssl.SSLContext | None:
         return None
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
-    except (ssl.SSLError, OSError) as e:
-        raise ConfigError(f"listen.tls_cert: cannot load {cfg.tls_cert} with {cfg.tls_key}: {_reason(e)}") from None
+    _load_certificate(ctx, cfg.tls_cert, cfg.tls_key, "listen.tls_cert")
     return ctx
+
+
+def _load_certificate(ctx: ssl.SSLContext, cert: str, key: str, config_key: str) -> None:
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as e:
+        raise ConfigError(f"{config_key}: cannot load {cert} with {key}: {_reason(e)}") from None
 
 
 def _reason(e: Exception) -> str:
@@ -116,13 +117,16 @@ class ClientTls(asyncio.Protocol, asyncio.Transport):
             self._raw.close()
             return
         except ssl.SSLError as e:
-            log.info("client TLS error from %s: %s; closing", self._raw.get_extra_info("peername"), e.reason or e)
             self._flush()  # a TLS alert, if OpenSSL wrote one
-            self._raw.abort()
+            self._fail(e)
             return
         self._flush()
         if self._handshake_done and plain:
             self._app.data_received(b"".join(plain) if len(plain) > 1 else plain[0])
+
+    def _fail(self, e: ssl.SSLError) -> None:
+        log.info("client TLS error from %s: %s; closing", self._raw.get_extra_info("peername"), e.reason or e)
+        self._raw.abort()
 
     def eof_received(self) -> bool | None:
         return None  # the socket transport closes itself
@@ -151,8 +155,7 @@ class ClientTls(asyncio.Protocol, asyncio.Transport):
         try:
             self._tls.write(data)
         except ssl.SSLError as e:  # the client already closed its side of TLS
-            log.info("client TLS error from %s: %s; closing", self._raw.get_extra_info("peername"), e.reason or e)
-            self._raw.abort()
+            self._fail(e)
             return
         self._flush()
 
