@@ -12,26 +12,27 @@ import re
 import time
 from typing import TYPE_CHECKING, Protocol
 
+from .config import BackendConfig
 from .mysql.constants import Cap, Status
 from .mysql.messages import OK, build_err, build_ok, build_result_set
 
 if TYPE_CHECKING:
     from .config import Config
     from .frontend import ClientConnection, ClientStats
-    from .pool import Pool
+    from .upstream import Upstream
 
 ER_PARSE_ERROR = 1064
 
-HELP = "SHOW POOLS | SHOW CLIENTS | SHOW BACKENDS | SHOW STATS | SHOW CONFIG | RELOAD | PAUSE | RESUME | SHOW HELP"
+HELP = ("SHOW POOLS | SHOW CLIENTS | SHOW BACKENDS | SHOW STATS | SHOW CONFIG | RELOAD | PAUSE [pool] | RESUME [pool]"
+        " | SHOW HELP")
 
 
 class ConsoleContext(Protocol):
     """What the console reports on and acts on; ProxyServer (server.py) is the one."""
 
     config: Config
-    pool: Pool
+    upstreams: dict[str, Upstream]
     clients: dict[int, ClientConnection]
-    account_limit: int | None
     clients_total: int
     client_stats: ClientStats
 
@@ -47,11 +48,14 @@ def _ok(message: str, caps: int) -> list[bytes]:
 
 
 def show_pools(server: ConsoleContext, caps: int) -> list[bytes]:
-    snap = server.pool.snapshot()
-    snap["account_limit"] = server.account_limit  # the server's max_user_connections for the account
-    cols = list(snap)
-    numeric = {k for k, v in snap.items() if isinstance(v, int)}
-    return _result(cols, [[snap[c] for c in cols]], caps, numeric)
+    snaps = []
+    for upstream in server.upstreams.values():
+        snap = upstream.pool.snapshot()
+        snap["account_limit"] = upstream.account_limit  # the server's max_user_connections for the account
+        snaps.append(snap)
+    cols = list(snaps[0])
+    numeric = {k for k, v in snaps[0].items() if isinstance(v, int)} | {"account_limit"}
+    return _result(cols, [[snap[c] for c in cols] for snap in snaps], caps, numeric)
 
 
 def show_clients(server: ConsoleContext, caps: int) -> list[bytes]:
@@ -66,57 +70,64 @@ def show_clients(server: ConsoleContext, caps: int) -> list[bytes]:
         rows.append([
             client.proxy_id, s.user if s else "", client.peer, state, pins or None, link,
             client.statements, s.multiplexed if s else 0, round(now - client.connected_at, 1), int(tls),
+            client.upstream.name if s else None,
         ])
     cols = ["id", "user", "peer", "state", "pinned_for", "backend_thread", "statements", "links_returned", "connected_s",
-            "tls"]
+            "tls", "pool"]
     return _result(cols, rows, caps, {"id", "backend_thread", "statements", "links_returned", "tls"})
 
 
 def show_backends(server: ConsoleContext, caps: int) -> list[bytes]:
     now = time.monotonic()
-    pool = server.pool
-    idle = {id(link) for links in pool.idle.values() for link in links}
     rows: list[list[object]] = []
-    for link in list(pool.links):
-        rows.append([
+    for pool in [u.pool for u in server.upstreams.values()]:
+        idle = {id(link) for links in pool.idle.values() for link in links}
+        rows += [[
             link.facts.thread_id, "idle" if id(link) in idle else "in use", link.leased_by,
             round(now - link.created, 1), round(now - link.last_used, 1), link.uses,
             int(bool(link.kind & Cap.FOUND_ROWS)), int(link.tracker.cache_metadata), int(link.tls), link.state.schema,
-        ])
-    cols = ["thread_id", "state", "client", "age_s", "idle_s", "statements", "found_rows", "cache_metadata", "tls", "schema"]
+            pool.name,
+        ] for link in list(pool.links)]
+    cols = ["thread_id", "state", "client", "age_s", "idle_s", "statements", "found_rows", "cache_metadata", "tls", "schema",
+            "pool"]
     return _result(cols, rows, caps, {"thread_id", "client", "statements", "found_rows", "cache_metadata", "tls"})
 
 
 def show_stats(server: ConsoleContext, caps: int) -> list[bytes]:
-    stats = server.pool.stats
+    pools = [u.pool for u in server.upstreams.values()]
+
+    def total(name: str) -> int | float:  # a pool counter summed over the pools (SHOW POOLS has each)
+        return sum(getattr(p.stats, name) for p in pools)
+
     sessions = [c.session for c in server.clients.values() if c.session is not None]
+    summed: list[list[object]] = [[name, total(name)] for name in (
+        "connects", "connect_failures", "capacity_refusals", "links_died_idle", "leases", "queue_timeouts",
+        "max_open_seen")]
     rows: list[list[object]] = [
         ["clients", len(server.clients)],
         ["clients_pinned", sum(1 for s in sessions if s.pinned)],
         ["clients_total", server.clients_total],
         ["statements_total", server.client_stats.statements_total(server.clients.values())],
         ["errors_total", sum(server.client_stats.errors.values())],
-        ["connects", stats.connects],
-        ["connect_failures", stats.connect_failures],
-        ["capacity_refusals", stats.capacity_refusals],
-        ["links_died_idle", stats.links_died_idle],
-        ["leases", stats.leases],
-        ["queue_timeouts", stats.queue_timeouts],
-        ["max_open_seen", stats.max_open_seen],
-        ["wait_seconds_total", round(stats.total_wait, 3)],
+        *summed,
+        ["wait_seconds_total", round(total("total_wait"), 3)],
     ]
     return _result(["name", "value"], rows, caps)
 
 
 def show_config(server: ConsoleContext, caps: int) -> list[bytes]:
     cfg = server.config
+    sections: list[tuple[str, object]] = [("listen", cfg.listen)]
+    for spec in cfg.pools:  # keys as the file has them: backend.host, or pools.NAME.backend.host
+        sections += [(f"{spec.key_prefix}backend", spec.backend), (f"{spec.key_prefix}pool", spec.pool)]
     rows: list[list[object]] = []
-    for section in ("listen", "backend", "pool"):
-        for key, value in vars(getattr(cfg, section)).items():
+    for section, values in sections:
+        for key, value in vars(values).items():
             if "password" in key:
                 continue  # never show a secret
             rows.append([f"{section}.{key}", value])
-    rows.append(["backend.tls_mode", cfg.backend.tls_mode])  # in force: backend.tls may be unset
+        if isinstance(values, BackendConfig):
+            rows.append([f"{section}.tls_mode", values.tls_mode])  # in force: backend.tls may be unset
     rows += [["max_allowed_packet", cfg.max_allowed_packet], ["shutdown_timeout", cfg.shutdown_timeout]]
     return _result(["key", "value"], rows, caps)
 
@@ -138,12 +149,19 @@ def execute(server: ConsoleContext, sql: str, caps: int) -> list[bytes]:
     if stmt == "reload":
         server.reload()
         return _ok("reloaded", caps)
-    if stmt == "pause":
-        server.pool.paused = True
-        return _ok("paused: new leases wait until RESUME", caps)
-    if stmt == "resume":
-        server.pool.resume()
-        return _ok("resumed", caps)
+    verb, _, name = stmt.partition(" ")
+    if verb in ("pause", "resume") and " " not in name:
+        name = sql.strip().rstrip(";").split()[1] if name else ""  # as written: pool names keep their case
+        if name and name not in server.upstreams:
+            return [build_err(ER_PARSE_ERROR, f"admin console: no pool named '{name}' (SHOW POOLS lists them)")]
+        pools = [server.upstreams[name].pool] if name else [u.pool for u in server.upstreams.values()]
+        for pool in pools:
+            if verb == "pause":
+                pool.paused = True
+            else:
+                pool.resume()
+        names = ", ".join(p.name for p in pools)
+        return _ok(f"paused {names}: new leases wait until RESUME" if verb == "pause" else f"resumed {names}", caps)
     if stmt in ("show help", "help"):
         return _result(["command"], [[c] for c in HELP.split(" | ")], caps)
     if stmt.startswith("set "):

@@ -49,20 +49,22 @@ def _install_uvloop() -> str:
 
 
 def cmd_check(cfg: config_mod.Config, path: str) -> int:
-    b, p, listen = cfg.backend, cfg.pool, cfg.listen
+    listen = cfg.listen
     print(f"config {path}: OK")
     print(f"  listen      {listen.host}:{listen.port} (auth {listen.auth_plugin}, at most {listen.max_client_connections} clients)")
     if listen.unix_socket:
         print(f"              and unix socket {listen.unix_socket}")
     if listen.tls_cert:
         print(f"              TLS offered to clients{', required over TCP' if listen.require_tls else ''}")
-    print(f"  backend     {b.user}@{b.address}" + (f" database {b.database}" if b.database else "")
-          + f" (tls {b.tls_mode})")
-    print(f"  pool '{p.name}'  at most {p.max_connections} server connections; clients wait up to {p.queue_timeout:g}s")
+    for spec in cfg.pools:
+        b, p = spec.backend, spec.pool
+        print(f"  pool '{p.name}'  at most {p.max_connections} server connections; clients wait up to {p.queue_timeout:g}s")
+        print(f"    backend   {b.user}@{b.address}" + (f" database {b.database}" if b.database else "")
+              + f" (tls {b.tls_mode})")
+        who = ", ".join(u.user for u in spec.users) if spec.users else f"{b.user} (the backend account)"
+        print(f"    clients   log in as {who}")
     if cfg.metrics.port:
         print(f"  metrics     http://{cfg.metrics.address}/metrics")
-    who = ", ".join(u.user for u in cfg.users) if cfg.users else f"{b.user} (the backend account)"
-    print(f"  clients     log in as {who}")
     for w in cfg.warnings:
         print(f"  warning: {w}")
     return 0
@@ -125,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "health":
             return cmd_health(config_mod.load_listen(args.config), args.timeout)
         cfg = config_mod.load(args.config)
-        tls.backend_context(cfg.backend)  # a certificate file that does not load is a config error too
+        for spec in cfg.pools:
+            tls.backend_context(spec.backend)  # a certificate file that does not load is a config error too
         tls.listen_context(cfg.listen)
     except config_mod.ConfigError as e:
         print(f"mysql-pool-proxy: config error: {e}", file=sys.stderr)

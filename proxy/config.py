@@ -2,9 +2,10 @@
 
 Every error names the key path (``pool.max_connections``) and what is wrong, so
 ``mysql-pool-proxy check`` can tell an operator exactly which line to fix.
-The top level holds one ``backend`` and one ``pool`` today; the loader keeps them
-in a ``pools`` mapping so that several named pools can be added without breaking
-the single-pool form.
+The top level holds either one ``backend`` and one ``pool`` (a single pool, named by
+``pool.name``), or ``pools``: named pools, each with its own server account, limits and
+client users; there a top-level ``backend`` and ``pool`` are defaults every pool inherits.
+A client's login name decides its pool, so each name may reach one pool only.
 """
 
 from __future__ import annotations
@@ -141,12 +142,32 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
-class Config:
-    listen: ListenConfig
+class PoolSpec:
+    """One named pool: the server account its links log in with, its limits, who may use it."""
+
     backend: BackendConfig
     pool: PoolConfig
     # Client accounts. Empty: clients log in with the backend account's own name and password.
     users: tuple[UserConfig, ...] = ()
+    # Where its settings sit in the file ('' for the single-pool form, 'pools.NAME.' otherwise).
+    key_prefix: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.pool.name
+
+    def logins(self) -> dict[str, str]:
+        """Client user name -> the password it logs in with."""
+        if not self.users:
+            return {self.backend.user: self.backend.password}
+        return {u.user: u.password for u in self.users}
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: ListenConfig
+    # At least one; the first one's server answers the greeting before a client names its user.
+    pools: tuple[PoolSpec, ...]
     admin: AdminConfig = AdminConfig()
     metrics: MetricsConfig = MetricsConfig()
     max_allowed_packet: int = 64 * 1024 * 1024
@@ -158,12 +179,18 @@ class Config:
         """The password a client logging in as ``user`` must know, or None if unknown."""
         if self.admin.user and user == self.admin.user:
             return self.admin.password
-        if not self.users:
-            return self.backend.password if user == self.backend.user else None
-        for u in self.users:
-            if u.user == user:
-                return u.password
+        for spec in self.pools:
+            password = spec.logins().get(user)
+            if password is not None:
+                return password
         return None
+
+    def pool_of(self, user: str) -> PoolSpec:
+        """The pool a client logged in as ``user`` uses (the admin user: the first; it sends nothing)."""
+        for spec in self.pools:
+            if user in spec.logins():
+                return spec
+        return self.pools[0]
 
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -254,52 +281,29 @@ def parse(raw: Any, source: str = "<config>") -> Config:
     """Validate a parsed YAML document into a Config."""
     raw = _document(raw, source)
     warnings: list[str] = []
-    known = {"listen", "backend", "pool", "users", "admin", "metrics", "max_allowed_packet", "shutdown_timeout",
-             "log_level"}
+    known = {"listen", "backend", "pool", "pools", "users", "admin", "metrics", "max_allowed_packet",
+             "shutdown_timeout", "log_level"}
     for key in raw:
         if key not in known:
             raise ConfigError(f"{key}: unknown key (known: {', '.join(sorted(known))})")
     listen = _section(ListenConfig, raw.get("listen"), "listen", warnings)
-    backend = _section(BackendConfig, raw.get("backend"), "backend", warnings)
-    pool = _section(PoolConfig, raw.get("pool"), "pool", warnings)
-
-    if backend.password_file:
-        if backend.password:
-            raise ConfigError("backend: give either password or password_file, not both")
-        backend = _replace(backend, password=_read_password_file(backend.password_file, "backend.password_file", warnings))
-    if not backend.user:
-        raise ConfigError("backend.user: required (the MySQL account the pool logs in with)")
-    _check_backend_tls(backend)
+    pools = _pools(raw, warnings)
 
     admin = _section(AdminConfig, raw.get("admin"), "admin", warnings)
     if admin.user and not admin.password:
         raise ConfigError("admin.password: required when admin.user is set")
-    if admin.user and admin.user == backend.user:
-        raise ConfigError("admin.user: must differ from backend.user (the admin console serves no SQL)")
+    for spec in pools:
+        if admin.user and admin.user in spec.logins():
+            raise ConfigError(f"admin.user: must differ from the users of pool '{spec.name}' "
+                              "(the admin console serves no SQL)")
     metrics = _section(MetricsConfig, raw.get("metrics"), "metrics", warnings)
     _check(0 <= metrics.port < 65536, "metrics.port", "must be between 1 and 65535 (0: off)")
     _check(not metrics.port or metrics.port != listen.port, "metrics.port", "must differ from listen.port")
-    users_raw = raw.get("users") or []
-    if not isinstance(users_raw, list):
-        raise ConfigError("users: expected a list of {user, password}")
-    users = []
-    for i, u in enumerate(users_raw):
-        uc = _section(UserConfig, u, f"users[{i}]", warnings)
-        users.append(uc)
 
     _check_listen(listen)
     if listen.unix_socket and not Path(listen.unix_socket).parent.is_dir():
         # Not an error: systemd's RuntimeDirectory= makes it only when the service starts.
         warnings.append(f"listen.unix_socket: directory {Path(listen.unix_socket).parent} does not exist (yet)")
-    _check(0 < backend.port < 65536, "backend.port", "must be between 1 and 65535")
-    _check(0 < backend.collation < 2048, "backend.collation", "must be a collation id")
-    _check(pool.max_connections >= 1, "pool.max_connections", "must be at least 1")
-    _check(pool.queue_timeout > 0, "pool.queue_timeout", "must be > 0 seconds")
-    _check(pool.connect_timeout > 0, "pool.connect_timeout", "must be > 0 seconds")
-    _check(pool.max_concurrent_connects >= 1, "pool.max_concurrent_connects", "must be at least 1")
-    for key in ("ping_after_idle", "idle_timeout", "max_lifetime", "idle_transaction_timeout"):
-        _check(getattr(pool, key) >= 0, f"pool.{key}", "must be >= 0 (0 disables it)")
-    _check(pool.reconnect_backoff_max > 0, "pool.reconnect_backoff_max", "must be > 0")
 
     max_packet = _coerce("int", raw.get("max_allowed_packet", 64 * 1024 * 1024), "max_allowed_packet")
     _check(max_packet >= 1024, "max_allowed_packet", "must be at least 1024 bytes")
@@ -313,9 +317,7 @@ def parse(raw: Any, source: str = "<config>") -> Config:
         warnings.append(f"metrics.host: {metrics.host} is not loopback; other hosts can read the metrics")
     return Config(
         listen=listen,
-        backend=backend,
-        pool=pool,
-        users=tuple(users),
+        pools=pools,
         admin=admin,
         metrics=metrics,
         max_allowed_packet=max_packet,
@@ -323,6 +325,90 @@ def parse(raw: Any, source: str = "<config>") -> Config:
         log_level=level,
         warnings=tuple(warnings),
     )
+
+
+_POOL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def _pools(raw: dict[str, Any], warnings: list[str]) -> tuple[PoolSpec, ...]:
+    """The single-pool form (backend, pool, users) or ``pools``, as a tuple of PoolSpecs."""
+    named = raw.get("pools")
+    if named is None:
+        specs = [_pool_spec(raw.get("backend"), raw.get("pool"), raw.get("users"), "", warnings)]
+    else:
+        if not isinstance(named, dict) or not named:
+            raise ConfigError("pools: expected a mapping of pool names to {backend, pool, users}")
+        if raw.get("users") is not None:
+            raise ConfigError("users: with pools, each pool lists its own users (pools.NAME.users)")
+        # The top-level sections are defaults: check them alone first, so an error names where it is.
+        defaults = {key: raw.get(key) or {} for key in ("backend", "pool")}
+        _section(BackendConfig, defaults["backend"], "backend", warnings)
+        _section(PoolConfig, defaults["pool"], "pool", warnings)
+        _check("name" not in defaults["pool"], "pool.name", "with pools, a pool's name is its key under pools")
+        specs = []
+        for name, body in named.items():
+            prefix = f"pools.{name}."
+            _check(isinstance(name, str) and bool(_POOL_NAME.match(name)), f"pools.{name}",
+                   "a pool name is 1-64 letters, digits, '_', '.' or '-'")
+            if body is None:
+                body = {}
+            if not isinstance(body, dict):
+                raise ConfigError(f"pools.{name}: expected a mapping with backend, pool and users")
+            for key in body:
+                _check(key in ("backend", "pool", "users"), f"{prefix}{key}", "unknown key (known: backend, pool, users)")
+            own_pool = body.get("pool") or {}
+            _check(not (isinstance(own_pool, dict) and "name" in own_pool), f"{prefix}pool.name",
+                   "a pool's name is its key under pools")
+            merged = {}
+            for key in ("backend", "pool"):
+                own = body.get(key) or {}
+                if not isinstance(own, dict):
+                    raise ConfigError(f"{prefix}{key}: expected a mapping, got {type(own).__name__}")
+                inherited = dict(defaults[key])
+                if key == "backend" and {"password", "password_file"} & own.keys():
+                    # A pool's own password or password_file replaces whichever the defaults give.
+                    inherited.pop("password", None)
+                    inherited.pop("password_file", None)
+                merged[key] = {**inherited, **own}
+            merged["pool"]["name"] = name
+            specs.append(_pool_spec(merged["backend"], merged["pool"], body.get("users"), prefix, warnings))
+    owner: dict[str, str] = {}
+    for spec in specs:
+        for user in spec.logins():
+            if user in owner:
+                raise ConfigError(f"{spec.key_prefix}users: user '{user}' already logs in to pool '{owner[user]}'; "
+                                  "a client's user name picks its pool, so it can reach one pool only")
+            owner[user] = spec.name
+    return tuple(specs)
+
+
+def _pool_spec(backend_raw: Any, pool_raw: Any, users_raw: Any, prefix: str, warnings: list[str]) -> PoolSpec:
+    backend = _section(BackendConfig, backend_raw, f"{prefix}backend", warnings)
+    pool = _section(PoolConfig, pool_raw, f"{prefix}pool", warnings)
+    if backend.password_file:
+        if backend.password:
+            raise ConfigError(f"{prefix}backend: give either password or password_file, not both")
+        backend = _replace(backend, password=_read_password_file(backend.password_file,
+                                                                 f"{prefix}backend.password_file", warnings))
+    if not backend.user:
+        raise ConfigError(f"{prefix}backend.user: required (the MySQL account the pool logs in with)")
+    _check_backend_tls(backend, f"{prefix}backend")
+    _check(0 < backend.port < 65536, f"{prefix}backend.port", "must be between 1 and 65535")
+    _check(0 < backend.collation < 2048, f"{prefix}backend.collation", "must be a collation id")
+    p = f"{prefix}pool"
+    _check(pool.max_connections >= 1, f"{p}.max_connections", "must be at least 1")
+    _check(pool.queue_timeout > 0, f"{p}.queue_timeout", "must be > 0 seconds")
+    _check(pool.connect_timeout > 0, f"{p}.connect_timeout", "must be > 0 seconds")
+    _check(pool.max_concurrent_connects >= 1, f"{p}.max_concurrent_connects", "must be at least 1")
+    for key in ("ping_after_idle", "idle_timeout", "max_lifetime", "idle_transaction_timeout"):
+        _check(getattr(pool, key) >= 0, f"{p}.{key}", "must be >= 0 (0 disables it)")
+    _check(pool.reconnect_backoff_max > 0, f"{p}.reconnect_backoff_max", "must be > 0")
+    if users_raw is None:
+        users_raw = []
+    if not isinstance(users_raw, list):
+        raise ConfigError(f"{prefix}users: expected a list of {{user, password}}")
+    users = tuple(_section(UserConfig, u, f"{prefix}users[{i}]", warnings) for i, u in enumerate(users_raw))
+    return PoolSpec(backend=backend, pool=pool, users=users, key_prefix=prefix)
 
 
 def _replace(obj: Any, **changes: Any) -> Any:
@@ -345,22 +431,22 @@ def _check_listen(listen: ListenConfig) -> None:
         _check_readable(getattr(listen, key), f"listen.{key}")
 
 
-def _check_backend_tls(backend: BackendConfig) -> None:
-    _check(backend.tls is None or backend.tls in TLS_MODES, "backend.tls", f"must be one of {', '.join(TLS_MODES)}")
+def _check_backend_tls(backend: BackendConfig, key: str) -> None:
+    _check(backend.tls is None or backend.tls in TLS_MODES, f"{key}.tls", f"must be one of {', '.join(TLS_MODES)}")
     mode = backend.tls_mode
     if mode == "verify_identity":
-        _check(not backend.unix_socket, "backend.tls", "verify_identity checks the certificate against backend.host; "
+        _check(not backend.unix_socket, f"{key}.tls", "verify_identity checks the certificate against backend.host; "
                "it cannot be used with backend.unix_socket")
-    _check((backend.tls_cert is None) == (backend.tls_key is None), "backend.tls_cert",
+    _check((backend.tls_cert is None) == (backend.tls_key is None), f"{key}.tls_cert",
            "give tls_cert and tls_key together")
     # A CA that is silently not checked would give a false sense of safety.
-    _check(not (backend.tls_ca and mode in ("preferred", "required")), "backend.tls_ca",
+    _check(not (backend.tls_ca and mode in ("preferred", "required")), f"{key}.tls_ca",
            f"only verify_ca and verify_identity check the server's certificate (backend.tls is {mode})")
-    for key in ("tls_ca", "tls_cert", "tls_key"):
-        path = getattr(backend, key)
+    for name in ("tls_ca", "tls_cert", "tls_key"):
+        path = getattr(backend, name)
         if path is not None:
-            _check(mode != "disabled", f"backend.{key}", f"set, but TLS to the server is disabled (backend.tls: {mode})")
-            _check_readable(path, f"backend.{key}")
+            _check(mode != "disabled", f"{key}.{name}", f"set, but TLS to the server is disabled (backend.tls: {mode})")
+            _check_readable(path, f"{key}.{name}")
 
 
 def _check_readable(path: str | None, key: str) -> None:

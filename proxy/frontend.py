@@ -39,6 +39,7 @@ from .session import (
 )
 from .sql import Classified, Kind, classify, rewrite_call, rewrite_connection_id
 from .tls import ClientTls
+from .upstream import Upstream
 
 log = logging.getLogger("proxy.client")
 
@@ -79,19 +80,17 @@ class ClientContext(Protocol):
     """
 
     config: Config
-    pool: Pool
     clients: dict[int, ClientConnection]
     client_stats: ClientStats
-    known_schemas: set[str]
     listen_tls: ssl.SSLContext | None  # offered to clients when set (listen.tls_cert)
 
     def next_client_id(self) -> int: ...
 
+    def route(self, user: str) -> Upstream: ...
+
+    def greeting_facts(self) -> tuple[str | None, int]: ...
+
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None: ...
-
-    def charset_variables(self, collation_id: int) -> dict[str, str]: ...
-
-    async def kill_backend_thread(self, thread_id: int, query_only: bool) -> None: ...
 
     def admin_statement(self, sql: str, caps: int) -> list[bytes]: ...
 
@@ -102,7 +101,9 @@ class ClientConnection(asyncio.Protocol):
     # Python per query when this class had 33; tests/test_hot_classes.py).
     def __init__(self, server: ClientContext) -> None:
         self.server = server
-        self.pool = server.pool
+        # The pool this client's login picks (_finish_login); until then the first one's.
+        self.upstream = server.route("")
+        self.pool = self.upstream.pool
         self.proxy_id = server.next_client_id()
         self.peer = "?"
         self.transport: asyncio.Transport | None = None
@@ -147,7 +148,8 @@ class ClientConnection(asyncio.Protocol):
         self._login = Login(listen.auth_plugin, self._password_of, self.peer.rsplit(":", 1)[0],
                             offer_tls=self.server.listen_tls is not None,
                             require_tls=listen.require_tls and isinstance(peer, tuple))
-        self._write(self._login.greeting(self.pool.server_version or SERVER_VERSION, self.proxy_id, self.pool.server_caps))
+        version, caps = self.server.greeting_facts()
+        self._write(self._login.greeting(version or SERVER_VERSION, self.proxy_id, caps))
         loop = asyncio.get_running_loop()
         self._handshake_timer = loop.call_later(self.server.config.listen.handshake_timeout, self._handshake_expired)
 
@@ -280,20 +282,22 @@ class ClientConnection(asyncio.Protocol):
     async def _finish_login(self, login: Accepted) -> None:
         """Create the session; check the schema the client named exists (as the server would)."""
         seq = login.ok_seq
-        db = login.database or self.server.config.backend.database
+        upstream = self.upstream = self.server.route(login.user)
+        self.pool = upstream.pool
+        db = login.database or upstream.spec.backend.database
         self.session = Session(
             proxy_id=self.proxy_id,
             user=login.user,
             client_caps=login.caps,
             state=LinkState(schema=db, multi_statements=bool(login.caps & Cap.MULTI_STATEMENTS)),
         )
-        self.session.state.variables.update(self.server.charset_variables(login.collation))
+        self.session.state.variables.update(upstream.charset_variables(login.collation))
         # Links opened with CLIENT_FOUND_ROWS or metadata caching answer differently: the pool keeps them apart.
         self._pool_kind = login.caps & KIND_CAPS
         if self._handshake_timer:
             self._handshake_timer.cancel()
         self.is_admin = bool(self.server.config.admin.user) and login.user == self.server.config.admin.user
-        if login.database and login.database not in self.server.known_schemas and not self.is_admin:
+        if login.database and login.database not in upstream.known_schemas and not self.is_admin:
             try:
                 link = await self.pool.acquire(self._pool_kind)
             except PoolTimeout as e:
@@ -302,7 +306,7 @@ class ClientConnection(asyncio.Protocol):
             try:
                 await link.exchange([(Command.INIT_DB, login.database.encode())])
                 link.state.schema = login.database
-                self.server.known_schemas.add(login.database)
+                upstream.known_schemas.add(login.database)
             except ServerError as e:
                 self.pool.release(link)
                 self._fatal(e.code, e.message, seq)
@@ -789,7 +793,7 @@ class ClientConnection(asyncio.Protocol):
         schema = session.state.schema
         session.state = LinkState(schema=schema, multi_statements=session.state.multi_statements)
         assert self._login is not None
-        session.state.variables.update(self.server.charset_variables(self._login.collation))
+        session.state.variables.update(self.upstream.charset_variables(self._login.collation))
         session.forget_link_state()
         session.statements.clear()
         self._write(frame(build_ok(OK(status=Status.AUTOCOMMIT), session.client_caps), seq + 1))
@@ -814,7 +818,11 @@ class ClientConnection(asyncio.Protocol):
         """KILL [QUERY] <proxy id>: act on the link serving that client. True if answered here."""
         target = self.server.clients.get(stmt.kill_id or -1)
         if target is None:
-            self.send_error(1094, f"Unknown thread id: {stmt.kill_id}", seq + 1)
+            self.send_error(Err.UNKNOWN_THREAD, f"Unknown thread id: {stmt.kill_id}", seq + 1)
+            return True
+        if target.upstream is not self.upstream:
+            # Another pool's client runs as another server account: the server would refuse it too.
+            self.send_error(Err.NOT_THREAD_OWNER, f"You are not owner of thread {stmt.kill_id}", seq + 1)
             return True
         link = target.link
         if link is None or not target.busy:
@@ -822,7 +830,7 @@ class ClientConnection(asyncio.Protocol):
                 self.server.spawn(target.kill_connection())
         self._write(frame(build_ok(OK(status=self._status()), self.session.client_caps if self.session else 0), seq + 1))
         if link is not None and (target.busy or not stmt.kill_query_only):
-            self.server.spawn(self.server.kill_backend_thread(link.facts.thread_id, stmt.kill_query_only))
+            self.server.spawn(self.upstream.kill_backend_thread(link.facts.thread_id, stmt.kill_query_only))
         return True
 
     async def kill_connection(self) -> None:
@@ -838,7 +846,7 @@ class ClientConnection(asyncio.Protocol):
         if self.busy or session is None or self.link is None:
             return
         log.warning("client %d: idle in transaction for over %gs; rolling back", self.proxy_id,
-                    self.server.config.pool.idle_transaction_timeout)
+                    self.upstream.spec.pool.idle_transaction_timeout)
         self._deferred_error = (
             Err.CONNECTION_KILLED,
             "Transaction rolled back by mysql-pool-proxy: idle in transaction longer than idle_transaction_timeout",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, exposition, generate_latest
@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 if TYPE_CHECKING:
     from .config import MetricsConfig
     from .frontend import ClientConnection, ClientStats
-    from .pool import Pool
+    from .upstream import Upstream
 
 log = logging.getLogger("proxy.metrics")
 
@@ -35,72 +35,77 @@ REQUEST_TIMEOUT = 5.0
 class MetricsContext(Protocol):
     """What the metrics report on; ProxyServer (server.py) is the one."""
 
-    pool: Pool
+    upstreams: dict[str, Upstream]
     clients: dict[int, ClientConnection]
     client_stats: ClientStats
     clients_total: int
-    account_limit: int | None
 
 
 def families(ctx: MetricsContext) -> Iterator[Metric]:
-    """Every metric, as prometheus-client families."""
-    pool, stats = ctx.pool, ctx.pool.stats
-
-    def one(family: type[GaugeMetricFamily | CounterMetricFamily], name: str, doc: str, v: float,
-            by_pool: bool) -> Metric:
-        if not by_pool:
-            return family(PREFIX + name, doc, value=v)
-        m = family(PREFIX + name, doc, labels=["pool"])
-        m.add_metric([pool.name], v)
-        return m
-
-    def gauge(name: str, doc: str, v: float, by_pool: bool = True) -> Metric:
-        return one(GaugeMetricFamily, name, doc, v, by_pool)
-
-    def counter(name: str, doc: str, v: float, by_pool: bool = True) -> Metric:
-        return one(CounterMetricFamily, name, doc, v, by_pool)
-
+    """Every metric, as prometheus-client families; those of a pool labelled with its name."""
     clients = list(ctx.clients.values())
-    yield gauge("clients", "Client connections open now (logging in, idle or running a command)", len(clients), False)
-    yield gauge("clients_pinned", "Clients holding a backend between statements (transaction, lock, ...)",
-                sum(1 for c in clients if c.session is not None and c.session.pinned), False)
-    yield counter("clients_accepted", "Client connections accepted since start", ctx.clients_total, False)
-    yield counter("statements", "Commands clients sent that went to (or were meant for) the server",
-                  ctx.client_stats.statements_total(clients), False)
+    yield GaugeMetricFamily(PREFIX + "clients", "Client connections open now (logging in, idle or running a command)",
+                            value=len(clients))
+    yield GaugeMetricFamily(PREFIX + "clients_pinned",
+                            "Clients holding a backend between statements (transaction, lock, ...)",
+                            value=sum(1 for c in clients if c.session is not None and c.session.pinned))
+    yield CounterMetricFamily(PREFIX + "clients_accepted", "Client connections accepted since start",
+                              value=ctx.clients_total)
+    yield CounterMetricFamily(PREFIX + "statements", "Commands clients sent that went to (or were meant for) the server",
+                              value=ctx.client_stats.statements_total(clients))
     errors = CounterMetricFamily(PREFIX + "errors", "Error packets sent to clients, by MySQL error code",
                                  labels=["code"])
     for code, n in sorted(ctx.client_stats.errors.items()):
         errors.add_metric([str(code)], n)
     yield errors
 
+    upstreams = list(ctx.upstreams.values())
     backends = GaugeMetricFamily(PREFIX + "backends", "Backend links by state", labels=["pool", "state"])
-    backends.add_metric([pool.name, "idle"], pool.idle_total)
-    backends.add_metric([pool.name, "in_use"], len(pool.links) - pool.idle_total)
-    backends.add_metric([pool.name, "opening"], pool.opening)
+    for u in upstreams:
+        pool = u.pool
+        backends.add_metric([pool.name, "idle"], pool.idle_total)
+        backends.add_metric([pool.name, "in_use"], len(pool.links) - pool.idle_total)
+        backends.add_metric([pool.name, "opening"], pool.opening)
     yield backends
-    yield gauge("max_connections", "The pool's cap on links (pool.max_connections)", pool.cap)
+
+    def per_pool(family: type[GaugeMetricFamily | CounterMetricFamily], name: str, doc: str,
+                 value: Callable[[Upstream], float | None]) -> Metric:
+        m = family(PREFIX + name, doc, labels=["pool"])
+        for u in upstreams:
+            v = value(u)
+            if v is not None:  # unknown (the account's limit before the server said it): no sample
+                m.add_metric([u.name], v)
+        return m
+
+    def gauge(name: str, doc: str, value: Callable[[Upstream], float | None]) -> Metric:
+        return per_pool(GaugeMetricFamily, name, doc, value)
+
+    def counter(name: str, doc: str, value: Callable[[Upstream], float]) -> Metric:
+        return per_pool(CounterMetricFamily, name, doc, value)
+
+    yield gauge("max_connections", "The pool's cap on links (pool.max_connections)", lambda u: u.pool.cap)
     yield gauge("effective_max_connections", "The cap in force: lower while the server refuses links (1226/1040)",
-                pool.effective_cap)
-    if ctx.account_limit is not None:
-        yield gauge("account_max_user_connections", "The backend account's connection limit, as the server reports it",
-                    ctx.account_limit)
-    yield gauge("waiting_clients", "Clients queued for a link now", len(pool.waiters))
+                lambda u: u.pool.effective_cap)
+    yield gauge("account_max_user_connections", "The backend account's connection limit, as the server reports it",
+                lambda u: u.account_limit)
+    yield gauge("waiting_clients", "Clients queued for a link now", lambda u: len(u.pool.waiters))
     yield gauge("backend_up", "1 while links can be opened (0 after a failed connect, until one succeeds)",
-                0 if pool.last_connect_error else 1)
-    yield counter("backend_connects", "Links opened", stats.connects)
-    yield counter("backend_connect_failures", "Failed attempts to open a link", stats.connect_failures)
+                lambda u: 0 if u.pool.last_connect_error else 1)
+    yield counter("backend_connects", "Links opened", lambda u: u.pool.stats.connects)
+    yield counter("backend_connect_failures", "Failed attempts to open a link", lambda u: u.pool.stats.connect_failures)
     yield counter("backend_capacity_refusals", "Connects the server refused as over a limit (1226, 1040)",
-                  stats.capacity_refusals)
+                  lambda u: u.pool.stats.capacity_refusals)
     yield counter("backends_died_idle", "Idle links the server closed (wait_timeout, KILL, restart)",
-                  stats.links_died_idle)
-    yield counter("leases", "Links lent to clients", stats.leases)
-    yield counter("queued_leases", "Requests for a link that had to queue (all links busy)", stats.queued_leases)
+                  lambda u: u.pool.stats.links_died_idle)
+    yield counter("leases", "Links lent to clients", lambda u: u.pool.stats.leases)
+    yield counter("queued_leases", "Requests for a link that had to queue (all links busy)",
+                  lambda u: u.pool.stats.queued_leases)
     yield counter("queue_wait_seconds", "Time queued requests waited, served or timed out (divide by "
-                  "queued_leases_total for the mean)", stats.total_wait)
+                  "queued_leases_total for the mean)", lambda u: u.pool.stats.total_wait)
     yield gauge("oldest_waiter_seconds", "How long the first client in the queue has waited so far",
-                pool.loop.time() - pool.waiters[0][2] if pool.waiters else 0.0)
+                lambda u: u.pool.loop.time() - u.pool.waiters[0][2] if u.pool.waiters else 0.0)
     yield counter("queue_timeouts", "Requests for a link that waited queue_timeout and got error 9001",
-                  stats.queue_timeouts)
+                  lambda u: u.pool.stats.queue_timeouts)
 
 
 class _Collector:

@@ -1,11 +1,10 @@
-"""Listeners, signals, the janitor loop, and what every client shares (pool, ids, server facts)."""
+"""Listeners, signals, the janitor loop, and what every client shares (the pools, ids, routing)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
-import re
 import signal
 import socket
 import stat
@@ -16,18 +15,14 @@ from typing import Any
 from . import admin
 from . import config as config_mod
 from . import tls
-from .backend import BackendLink, LinkLost, open_link
 from .config import Config
 from .frontend import ClientConnection, ClientStats
-from .mysql.constants import Command
-from .mysql.messages import ServerError
-from .pool import Pool, PoolTimeout
-from .session import CHARSET_VARIABLES, PIN_TRANSACTION
+from .session import PIN_TRANSACTION
+from .upstream import Upstream
 
 log = logging.getLogger("proxy.server")
 
 JANITOR_INTERVAL = 0.5
-_GRANT_LIMIT = re.compile(r"MAX_USER_CONNECTIONS\s+(\d+)", re.I)
 
 
 def sd_notify(message: str) -> None:
@@ -74,15 +69,16 @@ class ProxyServer:
     def __init__(self, cfg: Config, config_path: str | None = None) -> None:
         self.config = cfg
         self.config_path = config_path
-        self.backend_tls = tls.backend_context(cfg.backend)  # raises ConfigError for a bad file
         self.listen_tls = tls.listen_context(cfg.listen)
-        self.pool = Pool(cfg.pool, self._connect)
-        self.pool.on_first_link = self._learn_server
+        # Contexts first: a certificate that does not load is a ConfigError before anything starts.
+        contexts = [tls.backend_context(spec.backend) for spec in cfg.pools]
+        self.upstreams: dict[str, Upstream] = {
+            spec.name: Upstream(spec, ctx) for spec, ctx in zip(cfg.pools, contexts)
+        }
+        # Pools a reload removed: no new logins; closed once their last client has left.
+        self._retired: list[Upstream] = []
         self.clients: dict[int, ClientConnection] = {}
         self.client_stats = ClientStats()
-        self.known_schemas: set[str] = set()
-        self.collations: dict[int, tuple[str, str]] = {}
-        self.account_limit: int | None = None
         self._next_id = 0
         self.clients_total = 0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -98,6 +94,23 @@ class ProxyServer:
         self.clients_total += 1
         return self._next_id
 
+    def route(self, user: str) -> Upstream:
+        """The pool a client logged in as ``user`` uses."""
+        return self.upstreams[self.config.pool_of(user).name]
+
+    def greeting_facts(self) -> tuple[str | None, int]:
+        """Server version and capabilities for a greeting, sent before the client names its user.
+
+        The version is the first pool's server's. The capabilities are those every pool's server
+        offered, so that whichever pool the login picks can honour what the greeting promised;
+        a pool that has not reached its server yet offers nothing extra.
+        """
+        pools = [u.pool for u in self.upstreams.values()]
+        caps = pools[0].server_caps
+        for pool in pools[1:]:
+            caps &= pool.server_caps
+        return pools[0].server_version, caps
+
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run a slow path as a task; keep a reference, log what it did not handle."""
         task = asyncio.get_running_loop().create_task(coro)
@@ -109,70 +122,9 @@ class ProxyServer:
         if not task.cancelled() and task.exception() is not None:
             log.error("internal error in a client task", exc_info=task.exception())
 
-    async def _connect(self, kind: int, on_idle_death: Any, timeout: float) -> BackendLink:
-        return await open_link(self.config.backend, kind=kind, timeout=timeout, tls=self.backend_tls,
-                               on_idle_death=on_idle_death)
-
     def admin_statement(self, sql: str, caps: int) -> list[bytes]:
         """The admin console's answer to one statement (payloads to frame)."""
         return admin.execute(self, sql, caps)
-
-    def charset_variables(self, collation_id: int) -> dict[str, str]:
-        """The character-set variables a client's handshake collation sets (as the server would)."""
-        found = self.collations.get(collation_id) or self.collations.get(self.config.backend.collation)
-        if found is None:
-            return {}
-        charset, collation = found
-        return dict(zip(CHARSET_VARIABLES, (charset, charset, charset, collation)))
-
-    async def _learn_server(self, link: BackendLink) -> None:
-        """On the first link: collation ids, the account's connection limit."""
-        link.set_held()
-        collations, grants, limit = await link.exchange([
-            (Command.QUERY, b"SELECT ID, CHARACTER_SET_NAME, COLLATION_NAME FROM information_schema.COLLATIONS"),
-            (Command.QUERY, b"SHOW GRANTS"),
-            (Command.QUERY, b"SELECT @@max_user_connections"),
-        ])
-        self.collations = {int(r[0] or 0): (r[1] or "", r[2] or "") for r in collations.rows()}
-        limit_value = None
-        for (grant,) in grants.rows():
-            m = _GRANT_LIMIT.search(grant or "")
-            if m and int(m.group(1)) > 0:
-                limit_value = int(m.group(1))
-        if limit_value is None:
-            global_limit = int(limit.rows()[0][0] or 0)
-            limit_value = global_limit or None
-        self.account_limit = limit_value
-        cap = self.config.pool.max_connections
-        if limit_value is not None and cap > limit_value:
-            log.warning(
-                "pool %s: max_connections %d exceeds the account's limit of %d connections "
-                "(max_user_connections); the proxy will hold at most what the server allows",
-                self.pool.name, cap, limit_value,
-            )
-        if link.facts.wait_timeout and self.config.pool.idle_timeout >= link.facts.wait_timeout:
-            log.warning(
-                "pool %s: idle_timeout %gs is not below the server's wait_timeout %ds; "
-                "the server will drop idle links first (they are replaced, but set idle_timeout lower)",
-                self.pool.name, self.config.pool.idle_timeout, link.facts.wait_timeout,
-            )
-
-    async def kill_backend_thread(self, thread_id: int, query_only: bool) -> None:
-        """KILL [QUERY] on the server, run on a pooled link (never outside the cap)."""
-        try:
-            link = await self.pool.acquire(False)
-        except PoolTimeout as e:
-            log.warning("KILL of thread %d not sent: %s", thread_id, e.message)
-            return
-        try:
-            link.set_held()
-            await link.exchange([(Command.QUERY, b"KILL %s%d" % (b"QUERY " if query_only else b"", thread_id))])
-        except ServerError as e:
-            log.info("KILL of thread %d: %s", thread_id, e.message)
-        except (LinkLost, OSError):
-            self.pool.discard(link)
-            return
-        self.pool.release(link)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -204,32 +156,27 @@ class ProxyServer:
             # same); the service's umask (0077 in the unit) would leave it to the proxy's user.
             os.chmod(path, 0o777)
             self._socket_inode = os.stat(path).st_ino
-        log.info("listening on %s; pool '%s' -> %s@%s, max_connections %d", cfg.listen.address, self.pool.name,
-                 cfg.backend.user, cfg.backend.address, cfg.pool.max_connections)
+        for upstream in self.upstreams.values():
+            spec = upstream.spec
+            log.info("listening on %s; pool '%s' -> %s@%s, max_connections %d", cfg.listen.address, spec.name,
+                     spec.backend.user, spec.backend.address, spec.pool.max_connections)
+            self.spawn(upstream.warm_up())
         self._janitor = loop.create_task(self._janitor_loop())
-        self.spawn(self._warm_up())
-
-    async def _warm_up(self) -> None:
-        """Open one link at start: learn the server version for greetings and check the account."""
-        try:
-            link = await self.pool.acquire(False)
-        except PoolTimeout as e:
-            log.warning("server not reachable at start (%s); clients will queue until it is", e.message)
-            return
-        self.pool.release(link)
 
     async def _janitor_loop(self) -> None:
         while True:
             await asyncio.sleep(JANITOR_INTERVAL)
             try:
-                self.pool.maintain()
-                limit = self.config.pool.idle_transaction_timeout
-                if limit:
-                    now = time.monotonic()
-                    for client in list(self.clients.values()):
-                        s = client.session
-                        if s is not None and not client.busy and PIN_TRANSACTION in s.pins and now - client.idle_since > limit:
-                            self.spawn(client.end_idle_transaction())
+                for upstream in self.upstreams.values():
+                    upstream.pool.maintain()
+                self._close_retired()
+                now = time.monotonic()
+                for client in list(self.clients.values()):
+                    s = client.session
+                    limit = client.upstream.spec.pool.idle_transaction_timeout
+                    if (limit and s is not None and not client.busy and PIN_TRANSACTION in s.pins
+                            and now - client.idle_since > limit):
+                        self.spawn(client.end_idle_transaction())
             except Exception:  # noqa: BLE001 - the janitor must outlive any one bad pass
                 log.exception("janitor pass failed")
 
@@ -240,7 +187,7 @@ class ProxyServer:
         try:
             new = config_mod.load(self.config_path)
             # Read again even when the config is unchanged: certificate files may have been renewed.
-            new_tls = tls.backend_context(new.backend)
+            contexts = [tls.backend_context(spec.backend) for spec in new.pools]
             new_listen_tls = tls.listen_context(new.listen)
         except config_mod.ConfigError as e:
             log.error("reload failed, keeping the running config: %s", e)
@@ -253,18 +200,40 @@ class ProxyServer:
             log.warning("reload: metrics address changes need a restart; keeping %s",
                         old.metrics.address if old.metrics.port else "metrics off")
             new = config_mod.Config(**{**new.__dict__, "metrics": old.metrics})
-        self.backend_tls = new_tls
         self.listen_tls = new_listen_tls  # for connections from now on
-        if new.backend != old.backend:
-            # New credentials or address: links opened from now use them; idle old ones go.
-            for idle in self.pool.idle.values():
-                for link in list(idle):
-                    self.pool.discard(link)
         self.config = new
-        self.pool.resize(new.pool)
+        upstreams: dict[str, Upstream] = {}
+        for spec, ctx in zip(new.pools, contexts):
+            upstream = self.upstreams.pop(spec.name, None)
+            if upstream is None:
+                upstream = Upstream(spec, ctx)
+                log.info("reload: new pool '%s' -> %s@%s", spec.name, spec.backend.user, spec.backend.address)
+                self.spawn(upstream.warm_up())
+            else:
+                upstream.apply(spec, ctx)
+            upstreams[spec.name] = upstream
+        for gone in self.upstreams.values():
+            log.info("reload: pool '%s' removed; its clients keep their sessions, its links close when they leave",
+                     gone.name)
+            self._retired.append(gone)
+        self.upstreams = upstreams
+        self._close_retired()
         logging.getLogger().setLevel(new.log_level.upper())
-        log.info("config reloaded: max_connections %d, queue_timeout %gs", new.pool.max_connections, new.pool.queue_timeout)
-        sd_notify(f"STATUS=reloaded; max_connections {new.pool.max_connections}")
+        caps = ", ".join(f"{u.spec.pool.max_connections}" + (f" ({u.name})" if len(upstreams) > 1 else "")
+                         for u in upstreams.values())
+        log.info("config reloaded: max_connections %s", caps)  # "3", or "2 (shop), 3 (blog)"
+        sd_notify(f"STATUS=reloaded; max_connections {caps}")
+
+    def _close_retired(self) -> None:
+        """Close the links of removed pools: idle ones at once, the whole pool once no client uses it."""
+        for upstream in list(self._retired):
+            pool = upstream.pool
+            for idle in pool.idle.values():
+                for link in list(idle):
+                    pool.discard(link)
+            if not any(c.upstream is upstream for c in self.clients.values()):
+                pool.close_all()
+                self._retired.remove(upstream)
 
     async def drain(self) -> None:
         """SIGTERM: stop accepting, let open transactions finish, then close everything."""
@@ -283,7 +252,8 @@ class ProxyServer:
             if client.transport is not None:
                 client.transport.close()
         await asyncio.sleep(0)
-        self.pool.close_all()
+        for upstream in [*self.upstreams.values(), *self._retired]:
+            upstream.pool.close_all()
         if self._janitor:
             self._janitor.cancel()
         for task in list(self._tasks):

@@ -1,0 +1,125 @@
+"""One named pool and what the proxy learns of the server behind it.
+
+A proxy has one Upstream per configured pool. Each owns its Pool (the cap), the TLS
+context its links use, and the facts read from its server on the first link: collation
+ids, the account's connection limit, the schemas known to exist. Clients are routed to
+one by the user name they log in with (``Config.pool_of``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import ssl
+from typing import Any
+
+from .backend import BackendLink, LinkLost, open_link
+from .config import PoolSpec
+from .mysql.constants import Command
+from .mysql.messages import ServerError
+from .pool import Pool, PoolTimeout
+from .session import CHARSET_VARIABLES
+
+log = logging.getLogger("proxy.upstream")
+
+_GRANT_LIMIT = re.compile(r"MAX_USER_CONNECTIONS\s+(\d+)", re.I)
+
+
+class Upstream:
+    def __init__(self, spec: PoolSpec, backend_tls: ssl.SSLContext | None) -> None:
+        """``backend_tls``: ``tls.backend_context(spec.backend)``, built by the caller first so that a
+        certificate that does not load fails the start or the reload before anything changes."""
+        self.spec = spec
+        self.backend_tls = backend_tls
+        self.pool = Pool(spec.pool, self._connect)
+        self.pool.on_first_link = self._learn_server
+        self.known_schemas: set[str] = set()
+        self.collations: dict[int, tuple[str, str]] = {}
+        self.account_limit: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    async def _connect(self, kind: int, on_idle_death: Any, timeout: float) -> BackendLink:
+        return await open_link(self.spec.backend, kind=kind, timeout=timeout, tls=self.backend_tls,
+                               on_idle_death=on_idle_death)
+
+    def charset_variables(self, collation_id: int) -> dict[str, str]:
+        """The character-set variables a client's handshake collation sets (as the server would)."""
+        found = self.collations.get(collation_id) or self.collations.get(self.spec.backend.collation)
+        if found is None:
+            return {}
+        charset, collation = found
+        return dict(zip(CHARSET_VARIABLES, (charset, charset, charset, collation)))
+
+    async def _learn_server(self, link: BackendLink) -> None:
+        """On the first link: collation ids, the account's connection limit."""
+        link.set_held()
+        collations, grants, limit = await link.exchange([
+            (Command.QUERY, b"SELECT ID, CHARACTER_SET_NAME, COLLATION_NAME FROM information_schema.COLLATIONS"),
+            (Command.QUERY, b"SHOW GRANTS"),
+            (Command.QUERY, b"SELECT @@max_user_connections"),
+        ])
+        self.collations = {int(r[0] or 0): (r[1] or "", r[2] or "") for r in collations.rows()}
+        limit_value = None
+        for (grant,) in grants.rows():
+            m = _GRANT_LIMIT.search(grant or "")
+            if m and int(m.group(1)) > 0:
+                limit_value = int(m.group(1))
+        if limit_value is None:
+            global_limit = int(limit.rows()[0][0] or 0)
+            limit_value = global_limit or None
+        self.account_limit = limit_value
+        cap = self.spec.pool.max_connections
+        if limit_value is not None and cap > limit_value:
+            log.warning(
+                "pool %s: max_connections %d exceeds the account's limit of %d connections "
+                "(max_user_connections); the proxy will hold at most what the server allows",
+                self.name, cap, limit_value,
+            )
+        if link.facts.wait_timeout and self.spec.pool.idle_timeout >= link.facts.wait_timeout:
+            log.warning(
+                "pool %s: idle_timeout %gs is not below the server's wait_timeout %ds; "
+                "the server will drop idle links first (they are replaced, but set idle_timeout lower)",
+                self.name, self.spec.pool.idle_timeout, link.facts.wait_timeout,
+            )
+
+    async def warm_up(self) -> None:
+        """Open one link at start: learn the server version for greetings and check the account."""
+        try:
+            link = await self.pool.acquire(False)
+        except PoolTimeout as e:
+            log.warning("pool %s: server not reachable at start (%s); clients will queue until it is",
+                        self.name, e.message)
+            return
+        self.pool.release(link)
+
+    async def kill_backend_thread(self, thread_id: int, query_only: bool) -> None:
+        """KILL [QUERY] on the server, run on a pooled link (never outside the cap)."""
+        try:
+            link = await self.pool.acquire(False)
+        except PoolTimeout as e:
+            log.warning("KILL of thread %d not sent: %s", thread_id, e.message)
+            return
+        try:
+            link.set_held()
+            await link.exchange([(Command.QUERY, b"KILL %s%d" % (b"QUERY " if query_only else b"", thread_id))])
+        except ServerError as e:
+            log.info("KILL of thread %d: %s", thread_id, e.message)
+        except (LinkLost, OSError):
+            self.pool.discard(link)
+            return
+        self.pool.release(link)
+
+    def apply(self, spec: PoolSpec, backend_tls: ssl.SSLContext | None) -> None:
+        """A reload's new settings for this pool: links opened from now on follow them."""
+        if spec.backend != self.spec.backend:
+            # New credentials or address: idle old links go; busy ones finish their work first.
+            for idle in self.pool.idle.values():
+                for link in list(idle):
+                    self.pool.discard(link)
+            self.known_schemas.clear()
+        self.spec = spec
+        self.backend_tls = backend_tls
+        self.pool.resize(spec.pool)
