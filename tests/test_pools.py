@@ -180,10 +180,14 @@ def test_reload_adds_and_removes_pools(mariadb: MariaDB, proxy_factory: ProxyFac
     p.rewrite_config(two_pools())
     p.reload()
     p.wait_log("new pool 'blog'")
-    blog = p.connect(user=BLOG, password=BLOG_PW)
-    with blog.cursor() as cur:  # a transaction holds its link across the reload below
+    blog, other = p.connect(user=BLOG, password=BLOG_PW), p.connect(user=BLOG, password=BLOG_PW)
+    with blog.cursor() as cur, other.cursor() as cur2:  # two links at once: one stays in a transaction
         cur.execute("BEGIN")
         cur.execute("SELECT 1")
+        cur2.execute("BEGIN")
+        cur2.execute("SELECT 1")
+        cur2.execute("COMMIT")  # its link goes back to the pool, idle
+    assert count_backend_connections(mariadb, BLOG) == 2
 
     p.config["pools"].pop("blog")
     p.rewrite_config({})
@@ -192,18 +196,24 @@ def test_reload_adds_and_removes_pools(mariadb: MariaDB, proxy_factory: ProxyFac
     with pytest.raises(pymysql.err.OperationalError) as e:
         p.connect(user=BLOG, password=BLOG_PW)
     assert e.value.args[0] == 1045
-    # The client that was there keeps its session (and its transaction) until it leaves.
-    assert current_user(blog) == BLOG
+    # The idle link closes at once; the transaction's stays with its client.
+    deadline = time.monotonic() + 5
+    while count_backend_connections(mariadb, BLOG) > 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert count_backend_connections(mariadb, BLOG) == 1, "a removed pool kept an idle link"
+    # Clients that were there keep their sessions (and transactions) until they leave.
+    assert current_user(blog) == BLOG and current_user(other) == BLOG
     with blog.cursor() as cur:
         cur.execute("COMMIT")
-    assert count_backend_connections(mariadb, BLOG) >= 1
     blog.close()
+    other.close()
     deadline = time.monotonic() + 5
     while count_backend_connections(mariadb, BLOG) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert count_backend_connections(mariadb, BLOG) == 0, "the removed pool's links outlived its last client"
     assert current_user(shop) == SHOP
     assert {r["pool"] for r in admin_rows(p, "SHOW POOLS")} == {"shop"}
+    assert "Traceback" not in p.log()
 
 
 # --------------------------------------------------------------------------- config
