@@ -96,7 +96,7 @@ async def run(clients: int, pool_size: int, queries: int, ps: bool, profile: boo
         "pool": {"max_connections": pool_size, "queue_timeout": 30},
     })
     server = ProxyServer(cfg)
-    pool = server.route("app").pool
+    pool = server.first_upstream().pool
     links: list[tuple[BackendLink, MemoryTransport]] = []
     for _ in range(pool_size):
         link = BackendLink(kind=caps & KIND_CAPS)

@@ -185,12 +185,12 @@ class Config:
                 return password
         return None
 
-    def pool_of(self, user: str) -> PoolSpec:
-        """The pool a client logged in as ``user`` uses (the admin user: the first; it sends nothing)."""
+    def pool_of(self, user: str) -> PoolSpec | None:
+        """The pool a client logged in as ``user`` uses; None for the admin user and unknown names."""
         for spec in self.pools:
             if user in spec.logins():
                 return spec
-        return self.pools[0]
+        return None
 
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

@@ -86,7 +86,9 @@ class ClientContext(Protocol):
 
     def next_client_id(self) -> int: ...
 
-    def route(self, user: str) -> Upstream: ...
+    def route(self, user: str) -> Upstream | None: ...
+
+    def first_upstream(self) -> Upstream: ...
 
     def greeting_facts(self) -> tuple[str | None, int]: ...
 
@@ -102,7 +104,7 @@ class ClientConnection(asyncio.Protocol):
     def __init__(self, server: ClientContext) -> None:
         self.server = server
         # The pool this client's login picks (_finish_login); until then the first one's.
-        self.upstream = server.route("")
+        self.upstream = server.first_upstream()
         self.pool = self.upstream.pool
         self.proxy_id = server.next_client_id()
         self.peer = "?"
@@ -282,7 +284,15 @@ class ClientConnection(asyncio.Protocol):
     async def _finish_login(self, login: Accepted) -> None:
         """Create the session; check the schema the client named exists (as the server would)."""
         seq = login.ok_seq
-        upstream = self.upstream = self.server.route(login.user)
+        admin_user = self.server.config.admin.user
+        self.is_admin = bool(admin_user) and login.user == admin_user
+        upstream = self.server.first_upstream() if self.is_admin else self.server.route(login.user)
+        if upstream is None:
+            # A reload removed the user's pool between the password check and now.
+            log.warning("client %d (%s): user '%s' has no pool since the last reload", self.proxy_id, self.peer, login.user)
+            self._fatal(Err.ACCESS_DENIED, f"Access denied for user '{login.user}'", seq)
+            return
+        self.upstream = upstream
         self.pool = upstream.pool
         db = login.database or upstream.spec.backend.database
         self.session = Session(
@@ -296,7 +306,6 @@ class ClientConnection(asyncio.Protocol):
         self._pool_kind = login.caps & KIND_CAPS
         if self._handshake_timer:
             self._handshake_timer.cancel()
-        self.is_admin = bool(self.server.config.admin.user) and login.user == self.server.config.admin.user
         if login.database and login.database not in upstream.known_schemas and not self.is_admin:
             try:
                 link = await self.pool.acquire(self._pool_kind)

@@ -94,9 +94,14 @@ class ProxyServer:
         self.clients_total += 1
         return self._next_id
 
-    def route(self, user: str) -> Upstream:
-        """The pool a client logged in as ``user`` uses."""
-        return self.upstreams[self.config.pool_of(user).name]
+    def route(self, user: str) -> Upstream | None:
+        """The pool a client logged in as ``user`` uses; None if no pool serves that name (now)."""
+        spec = self.config.pool_of(user)
+        return self.upstreams[spec.name] if spec is not None else None
+
+    def first_upstream(self) -> Upstream:
+        """The pool of a client that has not logged in yet, and of the admin console (which sends nothing)."""
+        return next(iter(self.upstreams.values()))
 
     def greeting_facts(self) -> tuple[str | None, int]:
         """Server version and capabilities for a greeting, sent before the client names its user.

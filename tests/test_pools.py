@@ -20,6 +20,7 @@ import yaml
 from conftest import (APP_DB, REPO_ROOT, MariaDB, ProxyFactory, ProxyProcess, count_backend_connections, free_port,
                       run_cli)
 from test_metrics import scrape, value
+from test_session_features import _change_user
 from proxy import config as config_mod
 
 SHOP, SHOP_PW = "shop_app", "shop-secret"
@@ -320,3 +321,20 @@ def test_greeting_offers_what_every_pools_server_offers() -> None:
     blog.server_caps |= Cap.MARIADB_CACHE_METADATA
     assert server.greeting_facts()[1] & Cap.MARIADB_CACHE_METADATA
     assert server.route(BLOG) is server.upstreams["blog"] and server.route(SHOP) is server.upstreams["shop"]
+    assert server.route("nobody") is None and server.first_upstream() is server.upstreams["shop"]
+
+
+def test_change_user_moves_the_client_to_the_other_users_pool(proxy_factory: ProxyFactory, accounts: None) -> None:
+    p = proxy_factory(two_pools())
+    conn = p.connect(user=SHOP, password=SHOP_PW)
+    with conn.cursor() as cur:
+        cur.execute("SET @x = 1")  # pins the shop link to this client
+    _change_user(conn, BLOG, BLOG_PW)
+    assert current_user(conn) == BLOG
+    rows = {int(r["id"]): r for r in admin_rows(p, "SHOW CLIENTS")}
+    assert rows[conn.thread_id()]["pool"] == "blog" and rows[conn.thread_id()]["pinned_for"] is None
+    pools = {r["pool"]: r for r in admin_rows(p, "SHOW POOLS")}
+    assert int(pools["shop"]["in_use"]) == 0, "the shop link was not given back"
+    with pytest.raises(pymysql.err.OperationalError) as e:
+        _change_user(conn, SHOP, BLOG_PW)
+    assert e.value.args[0] == 1045
