@@ -9,7 +9,7 @@ import signal
 import socket
 import stat
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, MutableMapping
 from typing import Any
 
 from . import admin
@@ -63,6 +63,39 @@ def _claim_socket_path(path: str) -> None:
     finally:
         probe.close()
     raise OSError(f"{path}: another process is listening on it")
+
+
+# Socket activation: systemd passes listening sockets from this file descriptor on.
+SD_LISTEN_FDS_START = 3
+
+
+def systemd_sockets(environ: MutableMapping[str, str]) -> list[socket.socket]:
+    """The listening sockets systemd passed (socket activation), or none.
+
+    With a .socket unit, systemd holds the listening socket: while the proxy restarts,
+    new clients wait in its backlog instead of being refused. The sockets are ours only when
+    LISTEN_PID names this process. The variables are removed once read, as sd_listen_fds()
+    does, so that nothing started later takes them for its own.
+    """
+    if environ.get("LISTEN_PID") != str(os.getpid()):
+        return []
+    count = environ.get("LISTEN_FDS", "0")
+    for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        environ.pop(var, None)
+    if not count.isdigit():
+        raise OSError(f"socket activation: LISTEN_FDS={count!r} is not a number")
+    sockets = []
+    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + int(count)):
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as e:
+            raise OSError(f"socket activation: file descriptor {fd} is not a socket ({e.strerror or e})") from None
+        if sock.type != socket.SOCK_STREAM or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            sock.detach()
+            raise OSError(f"socket activation: file descriptor {fd} is not a listening stream socket "
+                          "(the .socket unit needs ListenStream=)")
+        sockets.append(sock)
+    return sockets
 
 
 class ProxyServer:
@@ -147,10 +180,42 @@ class ProxyServer:
             except OSError as e:
                 raise OSError(f"metrics {cfg.metrics.address}: {e.strerror or e}") from None
             log.info("metrics on http://%s/metrics", cfg.metrics.address)
-        srv = await loop.create_server(lambda: ClientConnection(self), cfg.listen.host, cfg.listen.port,
+        inherited = systemd_sockets(os.environ)
+        if inherited:
+            where = await self._serve_inherited(inherited)
+        else:
+            where = cfg.listen.address
+            await self._bind(cfg.listen)
+        for upstream in self.upstreams.values():
+            spec = upstream.spec
+            log.info("listening on %s; pool '%s' -> %s@%s, max_connections %d", where, spec.name,
+                     spec.backend.user, spec.backend.address, spec.pool.max_connections)
+            self.spawn(upstream.warm_up())
+        self._janitor = loop.create_task(self._janitor_loop())
+
+    async def _serve_inherited(self, sockets: list[socket.socket]) -> str:
+        """Serve on the listening sockets systemd passed (socket activation); returns where, for the log."""
+        loop = asyncio.get_running_loop()
+        where = []
+        for sock in sockets:
+            sock.setblocking(False)
+            if sock.family == socket.AF_UNIX:
+                self._servers.append(await loop.create_unix_server(lambda: ClientConnection(self), sock=sock))
+                where.append(str(sock.getsockname()))
+            else:
+                self._servers.append(await loop.create_server(lambda: ClientConnection(self), sock=sock))
+                host, port = sock.getsockname()[:2]
+                where.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        log.info("socket activation: serving the %d socket(s) systemd passed; listen.host, port and unix_socket "
+                 "are not bound", len(sockets))
+        return " and ".join(where) + " (from systemd)"
+
+    async def _bind(self, listen: config_mod.ListenConfig) -> None:
+        loop = asyncio.get_running_loop()
+        srv = await loop.create_server(lambda: ClientConnection(self), listen.host, listen.port,
                                        reuse_address=True, backlog=1024)
         self._servers.append(srv)
-        path = cfg.listen.unix_socket
+        path = listen.unix_socket
         if path:
             _claim_socket_path(path)
             try:
@@ -161,12 +226,6 @@ class ProxyServer:
             # same); the service's umask (0077 in the unit) would leave it to the proxy's user.
             os.chmod(path, 0o777)
             self._socket_inode = os.stat(path).st_ino
-        for upstream in self.upstreams.values():
-            spec = upstream.spec
-            log.info("listening on %s; pool '%s' -> %s@%s, max_connections %d", cfg.listen.address, spec.name,
-                     spec.backend.user, spec.backend.address, spec.pool.max_connections)
-            self.spawn(upstream.warm_up())
-        self._janitor = loop.create_task(self._janitor_loop())
 
     async def _janitor_loop(self) -> None:
         while True:

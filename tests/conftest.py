@@ -369,9 +369,26 @@ def _wait_for_links_gone(mariadb: MariaDB, timeout: float = 5.0) -> None:
         pass
 
 
+# Puts the listening sockets named by argv's fds at 3, 4 ... and execs the rest of argv with
+# LISTEN_FDS and LISTEN_PID set, as systemd does for a socket-activated service (exec keeps the pid).
+_SOCKET_ACTIVATE = """
+import fcntl, os, sys
+cut = sys.argv.index("--")
+fds, cmd = [int(a) for a in sys.argv[1:cut]], sys.argv[cut + 1:]
+high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in fds]
+for n, fd in enumerate(high):
+    os.dup2(fd, 3 + n)
+os.environ.update(LISTEN_FDS=str(len(fds)), LISTEN_PID=str(os.getpid()))
+os.execv(cmd[0], cmd)
+"""
+
+
 @pytest.fixture
 def proxy_factory(mariadb: MariaDB, tmp_path: Path) -> Iterator[ProxyFactory]:
-    """Start proxies: ``proxy_factory(config_overrides=None, *, wait=True, args=(), log_level="debug")``."""
+    """Start proxies: ``proxy_factory(config_overrides=None, *, wait=True, args=(), log_level="debug", inherit=())``.
+
+    ``inherit``: listening sockets handed over as systemd's socket activation does.
+    """
     started: list[ProxyProcess] = []
 
     def start(
@@ -380,6 +397,7 @@ def proxy_factory(mariadb: MariaDB, tmp_path: Path) -> Iterator[ProxyFactory]:
         wait: bool = True,
         args: Sequence[str] = (),
         log_level: str | None = "debug",
+        inherit: Sequence[socket.socket] = (),
     ) -> ProxyProcess:
         n = len(started)
         cfg = _merge(proxy_defaults(mariadb), config or {})
@@ -396,9 +414,12 @@ def proxy_factory(mariadb: MariaDB, tmp_path: Path) -> Iterator[ProxyFactory]:
         if log_level:
             cmd += ["--log-level", log_level]
         cmd += list(args)
+        if inherit:  # socket activation, as systemd does it: fds 3, 4 ..., LISTEN_FDS, LISTEN_PID
+            cmd = [sys.executable, "-c", _SOCKET_ACTIVATE, *(str(s.fileno()) for s in inherit), "--", *cmd]
         with open(log_path, "wb") as out:
             proc = subprocess.Popen(
                 cmd,
+                pass_fds=[s.fileno() for s in inherit],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
