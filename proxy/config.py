@@ -372,6 +372,7 @@ def _pools(raw: dict[str, Any], warnings: list[str]) -> tuple[PoolSpec, ...]:
                 merged[key] = {**inherited, **own}
             merged["pool"]["name"] = name
             specs.append(_pool_spec(merged["backend"], merged["pool"], body.get("users"), prefix, warnings))
+    _warn_shared_accounts(specs, warnings)
     owner: dict[str, str] = {}
     for spec in specs:
         for user in spec.logins():
@@ -380,6 +381,19 @@ def _pools(raw: dict[str, Any], warnings: list[str]) -> tuple[PoolSpec, ...]:
                                   "a client's user name picks its pool, so it can reach one pool only")
             owner[user] = spec.name
     return tuple(specs)
+
+
+def _warn_shared_accounts(specs: list[PoolSpec], warnings: list[str]) -> None:
+    """Pools that log in as the same server account share its max_user_connections."""
+    by_account: dict[tuple[str, str], list[PoolSpec]] = {}
+    for spec in specs:
+        by_account.setdefault((spec.backend.user, spec.backend.address), []).append(spec)
+    for (user, address), shared in by_account.items():
+        if len(shared) > 1:
+            names = ", ".join(f"'{s.name}'" for s in shared)
+            total = sum(s.pool.max_connections for s in shared)
+            warnings.append(f"pools {names} all log in as {user}@{address}: together they may open {total} "
+                            "connections against that account's max_user_connections")
 
 
 def _pool_spec(backend_raw: Any, pool_raw: Any, users_raw: Any, prefix: str, warnings: list[str]) -> PoolSpec:

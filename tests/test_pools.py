@@ -252,6 +252,14 @@ def test_pools_inherit_the_top_level_sections_and_route_by_user(tmp_path) -> Non
     raw["pools"]["shop"]["backend"].pop("password")
     shop, blog = config_mod.parse(raw).pools
     assert (shop.backend.password, blog.backend.password) == ("default-pw", "from-file")
+    # Pools on one server account share its connection limit: said at check and at start.
+    shared = _multi()
+    shared["pools"]["blog"]["backend"] = {"user": SHOP, "password": SHOP_PW}
+    shared["pools"]["blog"]["users"] = [{"user": BLOG, "password": BLOG_PW}]
+    assert config_mod.parse(shared).warnings == (
+        f"pools 'shop', 'blog' all log in as {SHOP}@db.internal:3306: together they may open 7 connections "
+        "against that account's max_user_connections",)
+    assert config_mod.parse(_multi()).warnings == ()
     # The single-pool form is one pool, named by pool.name.
     single = config_mod.parse({"backend": {"user": "app"}, "pool": {"name": "web"}})
     assert [p.name for p in single.pools] == ["web"] and single.pools[0].key_prefix == ""
