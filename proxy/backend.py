@@ -27,8 +27,10 @@ from .mysql.messages import (
     AUTH_SWITCH,
     ERR_HEADER,
     OK_HEADER,
+    ChangeUser,
     HandshakeResponse,
     ServerError,
+    build_change_user,
     build_handshake_response,
     build_ssl_request,
     parse_auth_switch,
@@ -118,6 +120,9 @@ class LinkFacts:
     server_version: str = ""
     server_caps: int = 0  # what the server's greeting offered
     thread_id: int = 0
+    # The greeting's scramble and the plugin the link logged in with: a COM_CHANGE_USER answers with them.
+    scramble: bytes = b""
+    auth_plugin: str = ""
     wait_timeout: int = 0
     max_allowed_packet: int = 0
 
@@ -292,6 +297,12 @@ class BackendLink(asyncio.Protocol):
             raise self._lost or LinkLost("server closed the link during the TLS handshake")
         self.transport = tls  # type: ignore[assignment]
         self.tls = True
+
+    def ask(self, payload: bytes) -> None:
+        """Send one command whose answer the proxy reads itself (read_packet), packet by packet."""
+        self._mode = _EXCHANGE
+        self.uses += 1
+        self.write_packet(payload, 0)
 
     def write_packet(self, payload: bytes, seq: int) -> None:
         if self.closed or self.transport is None:
@@ -470,7 +481,8 @@ async def _authenticate(link: BackendLink, cfg: BackendConfig, tls: ssl.SSLConte
     if not hs.capabilities & Cap.SESSION_TRACK:
         raise ProtocolError("the server does not support CLIENT_SESSION_TRACK (MySQL 5.7+ / MariaDB 10.2+ needed)")
     plugin = hs.auth_plugin if hs.auth_plugin in auth.SCRAMBLE_PLUGINS else auth.NATIVE
-    scramble = hs.scramble
+    scramble = link.facts.scramble = hs.scramble
+    link.facts.auth_plugin = plugin
     response = HandshakeResponse(
         capabilities=caps,
         max_packet=1 << 30,
@@ -490,6 +502,11 @@ async def _authenticate(link: BackendLink, cfg: BackendConfig, tls: ssl.SSLConte
         raise ProtocolError(f"the server does not offer TLS (backend.tls is {cfg.tls_mode})")
     link.write_packet(build_handshake_response(response), seq)
     link.state.schema = cfg.database
+    await _auth_replies(link, cfg, plugin, scramble)
+
+
+async def _auth_replies(link: BackendLink, cfg: BackendConfig, plugin: str, scramble: bytes) -> None:
+    """Answer the server until it says OK (or raise): auth switches, caching_sha2 fast and full auth."""
     while True:
         seq, p = await link.read_packet()
         if not p:
@@ -520,6 +537,23 @@ async def _authenticate(link: BackendLink, cfg: BackendConfig, tls: ssl.SSLConte
                 raise ProtocolError("unexpected caching_sha2_password message")
         else:
             raise ProtocolError(f"unexpected packet 0x{head:02x} during authentication")
+
+
+async def clear_schema(link: BackendLink, cfg: BackendConfig) -> None:
+    """Leave the link with no default database, for a session that never selected one.
+
+    No statement unselects a database; COM_CHANGE_USER naming none does. Like
+    COM_RESET_CONNECTION it also resets the session, so the trackers are set up again and
+    the caller replays the session's state onto the fresh link.
+    """
+    plugin, scramble = link.facts.auth_plugin or auth.NATIVE, link.facts.scramble
+    link.ask(build_change_user(ChangeUser(cfg.user, auth.client_response(plugin, cfg.password, scramble),
+                                          None, cfg.collation, plugin)))
+    await _auth_replies(link, cfg, plugin, scramble)
+    link.prepared.clear()  # the server closed them
+    link.state = LinkState()
+    link.diagnostics_dirty = False
+    await _setup(link)
 
 
 async def _setup(link: BackendLink) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .backend import CHARSET_FACTS, BackendLink, LinkLost, charset_values, reset_link
+from .backend import CHARSET_FACTS, BackendLink, LinkLost, charset_values, clear_schema, reset_link
 from .config import Config
 from .login import Accepted, Login, Refused, Send, StartTls, Step
 from .mysql.constants import KIND_CAPS, SERVER_VERSION, Cap, Command, Err, Status
@@ -588,23 +588,30 @@ class ClientConnection(asyncio.Protocol):
     async def _replay_and_send(self, link: BackendLink, clear_diagnostics: bool) -> None:
         """Bring the link to the session's state (one pipelined round trip), then send."""
         assert self.session is not None
-        commands = replay_commands(self.session.state, link.state)
-        if clear_diagnostics:
-            # Another session's warnings must not answer this session's SHOW WARNINGS.
-            commands.append((Command.QUERY, CLEAR_DIAGNOSTICS))
         try:
+            if self.session.state.schema is None and link.state.schema is not None:
+                # A session with no database must not run on one ("No database selected", 1046).
+                await clear_schema(link, self.upstream.spec.backend)
+                clear_diagnostics = False  # the change of user cleared them
+            commands = replay_commands(self.session.state, link.state)
+            if clear_diagnostics:
+                # Another session's warnings must not answer this session's SHOW WARNINGS.
+                commands.append((Command.QUERY, CLEAR_DIAGNOSTICS))
             if commands:
                 link.set_held()
                 await link.exchange(commands)
             if clear_diagnostics:
                 link.diagnostics_dirty = False
             mark_replayed(self.session.state, link.state)
-        except ServerError as e:
+        except (ServerError, ProtocolError) as e:
             # Part of the state may be applied: the link's state is unknown now.
             self.link = None
             self.pool.discard(link)
             log.warning("client %d: restoring session state failed: %s", self.proxy_id, e)
-            self._answer_error(e.code, e.message)
+            if isinstance(e, ServerError):
+                self._answer_error(e.code, e.message)
+            else:
+                self._answer_error(Err.SERVER_LOST, f"Lost connection to MySQL server: {e}")
             return
         except (LinkLost, OSError) as e:
             self.relay_failed(link, e, received_any=False)

@@ -495,6 +495,23 @@ def test_chained_proxies_backend_caching_sha2(mariadb, proxy_factory) -> None:
     assert a.stop() in (0, -15)
 
 
+def test_chained_proxies_clear_a_schema_with_caching_sha2(proxy_factory) -> None:
+    """A session with no database on a link that has one: A unselects it with COM_CHANGE_USER,
+    answering B's caching_sha2_password scramble (the MySQL 8 path of backend.clear_schema)."""
+    b = proxy_factory({"listen": {"auth_plugin": SHA2}, "pool": {"max_connections": 2}})
+    a = proxy_factory({"backend": {"host": b.host, "port": b.port}, "pool": {"max_connections": 1}})
+    with_db, nodb = a.connect(), a.connect(database=None)
+    for _ in range(2):
+        with with_db.cursor() as cur:
+            cur.execute("SELECT DATABASE(), CURRENT_USER()")
+            assert cur.fetchone() == (APP_DB, f"{APP_USER}@%")
+        with nodb.cursor() as cur:
+            cur.execute("SELECT DATABASE(), CURRENT_USER()")
+            assert cur.fetchone() == (None, f"{APP_USER}@%")
+    a.close_clients()
+    assert a.stop() in (0, -15)
+
+
 def test_backend_over_the_servers_unix_socket(mariadb, proxy_factory) -> None:
     """``backend.unix_socket`` wins over host/port: here host/port lead nowhere, so only the socket can work."""
     p = proxy_factory({"backend": {"unix_socket": mariadb.socket, "host": "127.0.0.1", "port": free_port()}})

@@ -9,7 +9,7 @@ import pymysql
 import pytest
 from pymysql.constants import CLIENT
 
-from conftest import APP_DB, APP_PASSWORD, APP_USER
+from conftest import APP_DB, APP_PASSWORD, APP_USER, run_cli
 from proxy.mysql.auth import native_scramble
 
 
@@ -262,3 +262,34 @@ def test_follow_up_on_its_own_untouched_link_keeps_found_rows_and_row_count(mari
         cur.execute("SELECT ROW_COUNT()")
         assert cur.fetchone() == (3,)
     conn.close()
+
+
+def test_a_session_without_a_database_never_runs_on_one(mariadb, proxy_factory):
+    """A link that another client left in appdb must not give a session with no database one.
+
+    Otherwise an unqualified CREATE TABLE from such a session (a migration tool, a console)
+    would land in whatever database the previous client used, instead of failing with 1046.
+    """
+    p = proxy_factory({"pool": {"max_connections": 1}})  # one link: every client gets the same one
+    with_db = p.connect()
+    nodb = p.connect(database=None)
+    with nodb.cursor() as cur:
+        cur.execute("SET @@session.sql_mode = 'ANSI_QUOTES'")
+    for _ in range(2):  # back and forth over the one link
+        with with_db.cursor() as cur:
+            cur.execute("SELECT DATABASE(), @@session.sql_mode")
+            assert cur.fetchone()[0] == APP_DB
+        with nodb.cursor() as cur:
+            cur.execute("SELECT DATABASE(), @@session.sql_mode")
+            assert cur.fetchone() == (None, "ANSI_QUOTES")  # no database, and its own state replayed
+            with pytest.raises(pymysql.err.OperationalError) as e:
+                cur.execute("CREATE TABLE t_nodb_misplaced (i INT)")
+            assert e.value.args[0] == 1046
+            cur.execute("SELECT 1")  # an error holds the link for questions about it; this lets it go
+    assert not mariadb.sql("SELECT 1 FROM information_schema.TABLES WHERE TABLE_NAME = 't_nodb_misplaced'")
+    with nodb.cursor() as cur:
+        cur.execute(f"USE {APP_DB}")  # from here on it has one, like any other session
+        cur.execute("SELECT DATABASE()")
+        assert cur.fetchone()[0] == APP_DB
+    rc, out, err = run_cli(p.port, APP_USER, APP_PASSWORD, "SELECT DATABASE()")
+    assert (rc, out.strip()) == (0, "NULL"), err

@@ -8,7 +8,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from .constants import SQLSTATE, Cap, SessionTrack, Status
+from .constants import SQLSTATE, Cap, Command, SessionTrack, Status
 from .packets import ProtocolError
 
 OK_HEADER = 0x00
@@ -267,6 +267,13 @@ def parse_change_user(p: bytes, caps: int) -> ChangeUser:
         raise ProtocolError("truncated COM_CHANGE_USER", 1043) from None
     return ChangeUser(user.decode(errors="replace"), bytes(response), db.decode(errors="replace") or None,
                       collation, plugin.decode(errors="replace") or "mysql_native_password")
+
+
+def build_change_user(c: ChangeUser) -> bytes:
+    """COM_CHANGE_USER as the proxy sends it (PROTOCOL_41, SECURE_CONNECTION and PLUGIN_AUTH are always on)."""
+    return (bytes((Command.CHANGE_USER,)) + c.user.encode() + b"\x00" + bytes((len(c.auth_response),))
+            + c.auth_response + (c.database or "").encode() + b"\x00" + struct.pack("<H", c.collation)
+            + c.auth_plugin.encode() + b"\x00")
 
 
 def build_auth_switch(plugin: str, data: bytes) -> bytes:
