@@ -55,7 +55,8 @@ def cmd_check(cfg: config_mod.Config, path: str) -> int:
     if listen.unix_socket:
         print(f"              and unix socket {listen.unix_socket}")
     if listen.tls_cert:
-        print(f"              TLS offered to clients{', required over TCP' if listen.require_tls else ''}")
+        print(f"              TLS offered to clients{', required over TCP' if listen.require_tls else ''}"
+              + (f"; client certificates from {listen.tls_ca} required" if listen.tls_ca else ""))
     for spec in cfg.pools:
         b, p = spec.backend, spec.pool
         print(f"  pool '{p.name}'  at most {p.max_connections} server connections; clients wait up to {p.queue_timeout:g}s")

@@ -49,6 +49,8 @@ class ListenConfig:
     # TLS for clients: offered when a certificate and its key are given (PEM).
     tls_cert: str | None = None
     tls_key: str | None = None
+    # Mutual TLS: clients on TLS must present a certificate this CA (PEM) signed.
+    tls_ca: str | None = None
     # Refuse TCP clients that log in without TLS (unix socket clients are local, as for mysqld).
     require_tls: bool = False
 
@@ -441,7 +443,9 @@ def _check_listen(listen: ListenConfig) -> None:
     _check((listen.tls_cert is None) == (listen.tls_key is None), "listen.tls_cert", "give tls_cert and tls_key together")
     _check(not listen.require_tls or listen.tls_cert is not None, "listen.require_tls",
            "needs listen.tls_cert and listen.tls_key")
-    for key in ("tls_cert", "tls_key"):
+    _check(listen.tls_ca is None or listen.tls_cert is not None, "listen.tls_ca",
+           "needs listen.tls_cert and listen.tls_key (the proxy's own certificate)")
+    for key in ("tls_cert", "tls_key", "tls_ca"):
         _check_readable(getattr(listen, key), f"listen.{key}")
 
 

@@ -58,6 +58,13 @@ def listen_context(cfg: ListenConfig) -> ssl.SSLContext | None:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     _load_certificate(ctx, cfg.tls_cert, cfg.tls_key, "listen.tls_cert")
+    if cfg.tls_ca:
+        # Mutual TLS: a client without a certificate this CA signed fails the handshake.
+        try:
+            ctx.load_verify_locations(cafile=cfg.tls_ca)
+        except (ssl.SSLError, OSError) as e:
+            raise ConfigError(f"listen.tls_ca: cannot load {cfg.tls_ca}: {_reason(e)}") from None
+        ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
 

@@ -517,3 +517,36 @@ def test_tls_not_offered_without_a_certificate(proxy_factory: ProxyFactory) -> N
     with p.connect(ssl_disabled=True).cursor() as cur:
         cur.execute("SELECT 1")
         assert cur.fetchone() == (1,)
+
+
+def test_mutual_tls_needs_a_client_certificate_from_the_ca(tls_files: TlsFiles, proxy_factory: ProxyFactory,
+                                                          tmp_path: Path) -> None:
+    p = proxy_factory(_listen_tls(tls_files, tls_ca=tls_files.ca, require_tls=True))
+    with_cert = {"ca": tls_files.ca, "cert": tls_files.client_cert, "key": tls_files.client_key, "check_hostname": True}
+    with p.connect(ssl=with_cert).cursor() as cur:
+        cur.execute("SELECT CURRENT_USER()")
+        assert cur.fetchone()[0] == f"{APP_USER}@%"
+    stranger = make_tls_files(tmp_path / "stranger")  # a client certificate from a CA the proxy does not trust
+    for ssl_options in ({"ca": tls_files.ca, "check_hostname": True},
+                        {**with_cert, "cert": stranger.client_cert, "key": stranger.client_key}):
+        with pytest.raises(pymysql.err.OperationalError):
+            conn = p.connect(ssl=ssl_options)
+            conn.ping()  # over TLS 1.3 the refusal may come only after the client's side of the handshake
+    p.wait_log("client TLS error")
+    code, out, err = run_cli(p.port, APP_USER, APP_PASSWORD, "SELECT 7", APP_DB,
+                             extra_args=["--ssl", f"--ssl-ca={tls_files.ca}", f"--ssl-cert={tls_files.client_cert}",
+                                         f"--ssl-key={tls_files.client_key}", "--ssl-verify-server-cert"])
+    assert (code, out.strip()) == (0, "7"), err
+    code, _out, err = run_cli(p.port, APP_USER, APP_PASSWORD, "SELECT 7", APP_DB,
+                              extra_args=["--ssl", f"--ssl-ca={tls_files.ca}"])
+    assert code != 0, "a client without a certificate was let in"
+
+
+def test_listen_tls_ca_needs_the_proxys_own_certificate(tls_files: TlsFiles) -> None:
+    from proxy import config as config_mod
+
+    with pytest.raises(config_mod.ConfigError, match=r"^listen\.tls_ca: needs listen\.tls_cert"):
+        config_mod.parse({"listen": {"tls_ca": tls_files.ca}, "backend": {"user": "app"}})
+    with pytest.raises(config_mod.ConfigError, match=r"^listen\.tls_ca: cannot read"):
+        config_mod.parse({"listen": {"tls_cert": tls_files.server_cert, "tls_key": tls_files.server_key,
+                                     "tls_ca": "/nonexistent/ca.pem"}, "backend": {"user": "app"}})
