@@ -19,12 +19,13 @@ from .mysql.messages import OK, build_err, build_ok, build_result_set
 if TYPE_CHECKING:
     from .config import Config
     from .frontend import ClientConnection, ClientStats
+    from .pool import Pool
     from .upstream import Upstream
 
 ER_PARSE_ERROR = 1064
 
 HELP = ("SHOW POOLS | SHOW CLIENTS | SHOW BACKENDS | SHOW STATS | SHOW CONFIG | RELOAD | PAUSE [pool] | RESUME [pool]"
-        " | SHOW HELP")
+        " | RECONNECT [pool] | SHOW HELP")
 
 
 class ConsoleContext(Protocol):
@@ -132,6 +133,27 @@ def show_config(server: ConsoleContext, caps: int) -> list[bytes]:
     return _result(["key", "value"], rows, caps)
 
 
+def _pause(pools: list[Pool]) -> str:
+    for pool in pools:
+        pool.paused = True
+    return f"paused {', '.join(p.name for p in pools)}: new leases wait until RESUME"
+
+
+def _resume(pools: list[Pool]) -> str:
+    for pool in pools:
+        pool.resume()
+    return f"resumed {', '.join(p.name for p in pools)}"
+
+
+def _reconnect(pools: list[Pool]) -> str:
+    # After a failover behind a DNS name, or to pick up server-side changes to the account.
+    counts = [f"{p.name} {p.retire_all()}" for p in pools]
+    return f"reconnecting ({', '.join(counts)} links): idle links closed, lent ones close when they come back"
+
+
+# Admin commands that act on every pool, or on the one named after them.
+_POOL_VERBS = {"pause": _pause, "resume": _resume, "reconnect": _reconnect}
+
 _COMMANDS = {
     "show pools": show_pools,
     "show clients": show_clients,
@@ -150,18 +172,12 @@ def execute(server: ConsoleContext, sql: str, caps: int) -> list[bytes]:
         server.reload()
         return _ok("reloaded", caps)
     verb, _, name = stmt.partition(" ")
-    if verb in ("pause", "resume") and " " not in name:
+    if verb in _POOL_VERBS and " " not in name:
         name = sql.strip().rstrip(";").split()[1] if name else ""  # as written: pool names keep their case
         if name and name not in server.upstreams:
             return [build_err(ER_PARSE_ERROR, f"admin console: no pool named '{name}' (SHOW POOLS lists them)")]
         pools = [server.upstreams[name].pool] if name else [u.pool for u in server.upstreams.values()]
-        for pool in pools:
-            if verb == "pause":
-                pool.paused = True
-            else:
-                pool.resume()
-        names = ", ".join(p.name for p in pools)
-        return _ok(f"paused {names}: new leases wait until RESUME" if verb == "pause" else f"resumed {names}", caps)
+        return _ok(_POOL_VERBS[verb](pools), caps)
     if stmt in ("show help", "help"):
         return _result(["command"], [[c] for c in HELP.split(" | ")], caps)
     if stmt.startswith("set "):

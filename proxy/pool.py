@@ -435,6 +435,22 @@ class Pool:
                 self.release(link)
         self._kick()
 
+    def retire_all(self) -> int:
+        """Replace every link: idle ones close now, leased ones when they come back.
+
+        For a new server address or account (reload) and RECONNECT: a link lent out at that
+        moment, even one pinned by a transaction, finishes its client's work first and is
+        never lent again. Returns how many links were open.
+        """
+        count = len(self.links)
+        for link in self.links:
+            link.retiring = True
+        for idle in self.idle.values():
+            for link in list(idle):
+                self._drop(link)
+        self._kick()
+        return count
+
     def close_all(self) -> None:
         if self._timer is not None:
             self._timer.cancel()

@@ -291,12 +291,9 @@ class ProxyServer:
     def _close_retired(self) -> None:
         """Close the links of removed pools: idle ones at once, the whole pool once no client uses it."""
         for upstream in list(self._retired):
-            pool = upstream.pool
-            for idle in pool.idle.values():
-                for link in list(idle):
-                    pool.discard(link)
+            upstream.pool.retire_all()
             if not any(c.upstream is upstream for c in self.clients.values()):
-                pool.close_all()
+                upstream.pool.close_all()
                 self._retired.remove(upstream)
 
     async def drain(self) -> None:

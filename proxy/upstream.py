@@ -115,10 +115,8 @@ class Upstream:
     def apply(self, spec: PoolSpec, backend_tls: ssl.SSLContext | None) -> None:
         """A reload's new settings for this pool: links opened from now on follow them."""
         if spec.backend != self.spec.backend:
-            # New credentials or address: idle old links go; busy ones finish their work first.
-            for idle in self.pool.idle.values():
-                for link in list(idle):
-                    self.pool.discard(link)
+            # New credentials or address: no link of the old ones is lent again.
+            self.pool.retire_all()
             self.known_schemas.clear()
         self.spec = spec
         self.backend_tls = backend_tls

@@ -346,3 +346,56 @@ def test_change_user_moves_the_client_to_the_other_users_pool(proxy_factory: Pro
     with pytest.raises(pymysql.err.OperationalError) as e:
         _change_user(conn, SHOP, BLOG_PW)
     assert e.value.args[0] == 1045
+
+
+# --------------------------------------------------------------------------- replacing links
+
+def thread_of(conn: pymysql.connections.Connection) -> int:
+    with conn.cursor() as cur:
+        cur.execute("SELECT @@pseudo_thread_id")
+        return int(cur.fetchone()[0])
+
+
+def test_a_reload_to_another_account_lends_no_old_link_again(mariadb: MariaDB, proxy_factory: ProxyFactory,
+                                                            accounts: None) -> None:
+    clients = [{"user": "webapp", "password": "webapp-pw"}]
+    p = proxy_factory({"backend": {"user": SHOP, "password": SHOP_PW}, "users": clients})
+    in_tx, idle = p.connect(user="webapp", password="webapp-pw"), p.connect(user="webapp", password="webapp-pw")
+    assert current_user(idle) == SHOP
+    with in_tx.cursor() as cur:
+        cur.execute("BEGIN")
+        cur.execute("SELECT CURRENT_USER()")
+    p.rewrite_config({"backend": {"user": BLOG, "password": BLOG_PW}})
+    p.reload()
+    p.wait_log("config reloaded")
+    assert current_user(idle) == BLOG
+    assert current_user(in_tx) == SHOP  # its transaction goes on where it started
+    with in_tx.cursor() as cur:
+        cur.execute("COMMIT")
+    for _ in range(5):
+        assert current_user(in_tx) == BLOG and current_user(idle) == BLOG
+    deadline = time.monotonic() + 5
+    while count_backend_connections(mariadb, SHOP) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert count_backend_connections(mariadb, SHOP) == 0, "a link of the old account was kept"
+
+
+def test_reconnect_replaces_every_link_and_waits_for_lent_ones(proxy_factory: ProxyFactory) -> None:
+    p = proxy_factory({"admin": ADMIN, "pool": {"max_connections": 2}})
+    in_tx, other = p.connect(), p.connect()
+    with in_tx.cursor() as cur:
+        cur.execute("BEGIN")
+    held = thread_of(in_tx)
+    before = thread_of(other)
+    console = p.connect(user=ADMIN["user"], password=ADMIN["password"], database=None)
+    with console.cursor() as cur:
+        cur.execute("RECONNECT")
+        assert b"idle links closed" in console._result.message
+    after = thread_of(other)
+    assert after not in (before, held)
+    assert thread_of(in_tx) == held  # the transaction keeps its link ...
+    with in_tx.cursor() as cur:
+        cur.execute("COMMIT")
+    assert thread_of(in_tx) not in (held, before)  # ... which is not lent again
+    with console.cursor() as cur, pytest.raises(pymysql.err.ProgrammingError):
+        cur.execute("RECONNECT nosuchpool")
