@@ -299,6 +299,9 @@ class OK:
 
 
 def build_ok(ok: OK, caps: int) -> bytes:
+    """The server's exact bytes (its ``net_send_ok``): the info text is a length-encoded string for
+    every client, sent when it is not empty; with SESSION_TRACK it is also sent (maybe empty) ahead
+    of a session-state block. mysqlnd and libmysqlclient read it so."""
     head = (
         b"\x00"
         + lenenc_int(ok.affected_rows)
@@ -308,8 +311,7 @@ def build_ok(ok: OK, caps: int) -> bytes:
     if caps & Cap.SESSION_TRACK:
         if ok.status & Status.SESSION_STATE_CHANGED:
             return head + lenenc_str(ok.info) + lenenc_str(ok.session_state)
-        return head + lenenc_str(ok.info) if ok.info else head
-    return head + ok.info
+    return head + lenenc_str(ok.info) if ok.info else head
 
 
 def parse_ok(p: bytes | memoryview, caps: int) -> OK:
@@ -321,13 +323,10 @@ def parse_ok(p: bytes | memoryview, caps: int) -> OK:
     status, warnings = struct.unpack_from("<HH", p, pos)
     pos += 4
     info = state = b""
-    if caps & Cap.SESSION_TRACK:
-        if pos < len(p):
-            info, pos = read_lenenc_str(p, pos)
-            if status & Status.SESSION_STATE_CHANGED and pos < len(p):
-                state, pos = read_lenenc_str(p, pos)
-    else:
-        info = bytes(p[pos:])
+    if pos < len(p):
+        info, pos = read_lenenc_str(p, pos)
+        if caps & Cap.SESSION_TRACK and status & Status.SESSION_STATE_CHANGED and pos < len(p):
+            state, pos = read_lenenc_str(p, pos)
     return OK(affected or 0, insert_id or 0, status, warnings, info, state)
 
 

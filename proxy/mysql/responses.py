@@ -249,8 +249,9 @@ class ResponseTracker:
             else:
                 self.unexplained_change = True
         replacement = None
-        # Anything past status and warnings is encoded differently for a client without SESSION_TRACK.
-        if not self.client_caps & Cap.SESSION_TRACK and (ok.info or ok.status & Status.SESSION_STATE_CHANGED):
+        # A client without SESSION_TRACK gets the same bytes less the state block and its flag
+        # (the info text is length-encoded either way, so an OK without a block passes as it is).
+        if ok.status & Status.SESSION_STATE_CHANGED and not self.client_caps & Cap.SESSION_TRACK:
             replacement = strip_session_track(p)
         if ok.status & Status.MORE_RESULTS_EXISTS:
             self.state = _FIRST
