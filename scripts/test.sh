@@ -2,6 +2,7 @@
 # Run the whole test suite on a fresh Debian/Ubuntu machine or a prepared one.
 #
 #   bash scripts/test.sh [pytest args...]
+#   MYSQL_TEST_SERVER=mysql-9.7 bash scripts/test.sh     # the same suite on MySQL 9.7 (or mariadb-11.8)
 #
 # 1. Installs MariaDB server + client (and sysbench for bench/) with apt-get, only when the
 #    binaries are missing: the suite starts its own private server and needs them.
@@ -9,7 +10,8 @@
 #    the install is skipped while pyproject.toml is unchanged, so a prepared machine needs no network.
 #    Before pip runs, the build needs of mysqlclient (libmariadb-dev, pkg-config, a C compiler,
 #    Python headers) are installed with apt-get when missing.
-# 3. Runs pytest and exits with its status. "No tests collected" (pytest's 5) counts as a failure:
+# 3. Fetches the test server MYSQL_TEST_SERVER names when it is not the system's MariaDB.
+# 4. Runs pytest and exits with its status. "No tests collected" (pytest's 5) counts as a failure:
 #    a run that tested nothing must not look green.
 set -euo pipefail
 
@@ -121,7 +123,15 @@ else
     say "virtualenv up to date"
 fi
 
-say "running: pytest -q $*"
+# The test server (tests/mariadb_server.py): MYSQL_TEST_SERVER=mariadb-10.11 (default, the
+# system package installed above), mariadb-11.8 or mysql-9.7, fetched from Debian's archive into a
+# private cache (scripts/get_server.py; nothing is installed on the system) on first use.
+export MYSQL_TEST_SERVER=${MYSQL_TEST_SERVER:-mariadb-10.11}
+if [ "$MYSQL_TEST_SERVER" != mariadb-10.11 ]; then
+    "$VENV/bin/python" scripts/get_server.py "$MYSQL_TEST_SERVER" >/dev/null
+fi
+
+say "running on $MYSQL_TEST_SERVER: pytest -q $*"
 set +e
 "$VENV/bin/python" -m pytest -q "$@"
 rc=$?

@@ -50,6 +50,18 @@ _INSTALL_HINT = (
     "(or run scripts/test.sh, which does it)"
 )
 
+# The server the whole run uses (MYSQL_TEST_SERVER, tests/mariadb_server.py). Tests that only make
+# sense on one flavour skip with a reason that names it: ``pytest.mark.skipif(SERVER.mysql, reason=...)``.
+try:
+    SERVER = mariadb_server.current_flavour()
+except ServerError as e:
+    raise pytest.UsageError(str(e)) from None
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    how = "fetched by scripts/get_server.py" if SERVER.fetched else "the system's package"
+    return f"test server: {SERVER.name} ({how}; MYSQL_TEST_SERVER selects it)"
+
 
 def require_binary(*names: str) -> str:
     # A missing server is a failure with what to install, never a skip (see the module docstring).

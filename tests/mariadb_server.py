@@ -1,4 +1,4 @@
-"""A private, throwaway MariaDB server: install, start, stop, wait until ready.
+"""A private, throwaway MariaDB or MySQL server: install, start, stop, wait until ready.
 
 One implementation for the test suite (tests/conftest.py) and the benchmarks (bench/_server.py),
 so a fix to how the server is started reaches both. It has no pytest dependency: failures raise
@@ -7,11 +7,16 @@ conftest turns them into ``pytest.fail``.
 
 The server gets a temp datadir, ``--no-defaults``, a free port (never 3306) bound to 127.0.0.1 and
 its own unix socket, so a system server and its my.cnf never come into it.
+
+Which server: ``MYSQL_TEST_SERVER`` (see ``FLAVOURS``), read once here for the tests and the
+benchmarks. ``mariadb-10.11`` (the default) is the system's package; the others are fetched by
+scripts/get_server.py into a private prefix (on first use, then cached) and run from there.
 """
 
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import os
 import shutil
 import signal
@@ -41,6 +46,114 @@ _SEARCH_DIRS = (
 )
 INSTALL_HINT = "install them with: apt-get install -y mariadb-server mariadb-client"
 _READY_TIMEOUT = 60.0
+_REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True, slots=True)
+class Flavour:
+    """One server the suite can run on; ``fetched``: by scripts/get_server.py, else the system's package."""
+
+    name: str
+    mysql: bool  # Oracle MySQL; False: MariaDB
+    fetched: bool
+
+    @property
+    def mariadb(self) -> bool:
+        return not self.mysql
+
+    @property
+    def hint(self) -> str:
+        if self.fetched:
+            return f"fetch it with: python3 scripts/get_server.py {self.name} (or run scripts/test.sh, which does it)"
+        return INSTALL_HINT
+
+
+FLAVOURS = {
+    f.name: f
+    for f in (
+        Flavour("mariadb-10.11", mysql=False, fetched=False),
+        Flavour("mariadb-11.8", mysql=False, fetched=True),
+        Flavour("mysql-9.7", mysql=True, fetched=True),
+    )
+}
+DEFAULT_FLAVOUR = "mariadb-10.11"
+
+
+def current_flavour() -> Flavour:
+    """The server ``MYSQL_TEST_SERVER`` names (default mariadb-10.11)."""
+    name = os.environ.get("MYSQL_TEST_SERVER") or DEFAULT_FLAVOUR
+    if name not in FLAVOURS:
+        raise ServerError(f"MYSQL_TEST_SERVER={name!r} is not one of {', '.join(FLAVOURS)}")
+    return FLAVOURS[name]
+
+
+def _get_server_module() -> Any:
+    """scripts/get_server.py (scripts/ is not a package)."""
+    if "get_server" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("get_server", _REPO / "scripts" / "get_server.py")
+        assert spec and spec.loader
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["get_server"] = mod  # dataclasses look their module up while the file runs
+        spec.loader.exec_module(mod)
+    return sys.modules["get_server"]
+
+
+def server_prefix(flavour: Flavour) -> Path | None:
+    """The fetched server's prefix (fetching it now when it is not cached); None for the system's."""
+    if not flavour.fetched:
+        return None
+    get_server = _get_server_module()
+    try:
+        return Path(get_server.fetch(flavour.name))
+    except get_server.FetchError as e:
+        raise BinaryNotFound(f"cannot fetch {flavour.name}: {e}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Binaries:
+    """Where one flavour's programs are."""
+
+    flavour: Flavour
+    prefix: Path | None
+    server: str
+    install: str
+    admin: str | None
+    client: str | None
+
+    @classmethod
+    def find(cls, flavour: Flavour, hint: str) -> Self:
+        prefix = server_prefix(flavour)
+        if prefix is not None:
+            def need(*names: str) -> str:
+                for sub in ("sbin", "bin"):
+                    for n in names:
+                        if (prefix / sub / n).exists():
+                            return str(prefix / sub / n)
+                raise BinaryNotFound(f"none of {', '.join(names)} in {prefix}; delete it and {flavour.hint}")
+
+            server = need("mysqld") if flavour.mysql else need("mariadbd")
+            install = server if flavour.mysql else need("mariadb-install-db")
+            return cls(flavour, prefix, server, install, need("mysqladmin", "mariadb-admin"), need("mysql", "mariadb"))
+        install = require_binary("mariadb-install-db", "mysql_install_db", hint=hint)
+        server = require_binary("mariadbd", "mysqld", hint=hint)
+        version = subprocess.run([server, "--version"], capture_output=True, text=True).stdout
+        if "mariadb" not in version.lower():
+            raise BinaryNotFound(f"{server} is not MariaDB ({version.strip()}); {hint}")
+        return cls(
+            flavour, None, server, install, find_binary("mariadb-admin", "mysqladmin"), find_binary("mariadb", "mysql")
+        )
+
+    def prefixed_args(self) -> list[str]:
+        """Where a fetched server finds its messages and plugins (never the system's /usr/share)."""
+        if self.prefix is None:
+            return []
+        share = "mysql" if self.flavour.mysql else "mariadb"
+        return [
+            f"--basedir={self.prefix}",
+            f"--lc-messages-dir={self.prefix / 'share' / share}",
+            f"--plugin-dir={self.prefix / 'lib' / 'mysql' / 'plugin'}",
+            f"--character-sets-dir={self.prefix / 'share' / share / 'charsets'}",
+        ]
 
 
 class ServerError(RuntimeError):
@@ -142,7 +255,17 @@ class MariaDB:
     own_session: bool = False
     # TLS: (CA file, certificate file, key file) the server offers TLS with; None: no TLS.
     tls_files: tuple[str, str, str] | None = None
+    # The flavour's programs; None: the system's MariaDB (found when launched).
+    bins: Binaries | None = None
     proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def flavour(self) -> Flavour:
+        return self.bins.flavour if self.bins else FLAVOURS[DEFAULT_FLAVOUR]
+
+    @property
+    def is_mysql(self) -> bool:
+        return self.flavour.mysql
 
     # -- creation -------------------------------------------------------------------
 
@@ -155,12 +278,8 @@ class MariaDB:
         ``parent``: where the temp dir goes (default TMPDIR); ``options``: further fields
         (max_connections, innodb_buffer_pool_size, tls_files). The caller owns the result and calls ``remove``.
         """
-        install = require_binary("mariadb-install-db", "mysql_install_db", hint=hint)
-        server = require_binary("mariadbd", "mysqld", hint=hint)
-        version = subprocess.run([server, "--version"], capture_output=True, text=True).stdout
-        if "mariadb" not in version.lower():
-            raise BinaryNotFound(f"{server} is not MariaDB ({version.strip()}); {hint}")
-        admin = find_binary("mariadb-admin", "mysqladmin")
+        flavour = current_flavour()
+        bins = Binaries.find(flavour, hint if not flavour.fetched else flavour.hint)
 
         base = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
         if len(str(base / "sock")) > 100:  # sun_path holds 108 bytes; a long TMPDIR would break the socket
@@ -171,13 +290,14 @@ class MariaDB:
             port=free_port(),
             socket=str(base / "sock"),
             datadir=str(base / "data"),
-            mariadbd=server,
-            admin=admin,
+            mariadbd=bins.server,
+            admin=bins.admin,
             log_path=base / "err.log",
+            bins=bins,
             **options,
         )
         try:
-            db._install(install)
+            db._install()
             db.start()
             # Anonymous accounts would shadow 'user'@'%' for local logins (the most specific host wins).
             for user, host in db.sql("SELECT User, Host FROM mysql.user WHERE User = ''"):
@@ -187,12 +307,45 @@ class MariaDB:
             raise
         return db
 
-    def _install(self, install: str) -> None:
+    def _install(self) -> None:
+        assert self.bins is not None
+        if self.is_mysql:
+            cmd = [
+                self.bins.server,
+                "--no-defaults",
+                "--initialize-insecure",  # root@localhost with an empty password, as mariadb-install-db makes it
+                "--user=root",
+                f"--datadir={self.datadir}",
+                *self.bins.prefixed_args(),
+                f"--log-error={self.log_path}",
+                "--innodb-redo-log-capacity=16M",
+                "--innodb-use-native-aio=0",
+                f"--tmpdir={self._tmpdir()}",
+                *self._mysql_only_args(),
+            ]
+        else:
+            cmd = self._mariadb_install_cmd(self.bins.install)
+        r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+        if r.returncode != 0:
+            raise ServerError(
+                f"{Path(cmd[0]).name} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}\n"
+                + tail(self.log_path)
+            )
+
+    def _mysql_only_args(self) -> list[str]:
+        return [
+            "--secure-file-priv=",  # its default, /var/lib/mysql-files, does not exist here
+            "--mysqlx=OFF",  # no X protocol port next to ours
+        ]
+
+    def _mariadb_install_cmd(self, install: str) -> list[str]:
+        assert self.bins is not None
+        basedir = [f"--basedir={self.bins.prefix}"] if self.bins.prefix else []
         # Options after the known ones are handed to the bootstrap server: a small redo log
         # from the start saves writing and later resizing 96 MiB.
-        r = subprocess.run(
-            [
+        return [
                 install,
+                *basedir,
                 "--no-defaults",
                 "--user=root",
                 f"--datadir={self.datadir}",
@@ -201,14 +354,7 @@ class MariaDB:
                 "--innodb-log-file-size=16M",
                 "--innodb-use-native-aio=0",
                 f"--tmpdir={self._tmpdir()}",
-            ],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if r.returncode != 0:
-            raise ServerError(f"mariadb-install-db failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+        ]
 
     def remove(self) -> None:
         """Stop the server and delete its temp dir (datadir, socket, logs)."""
@@ -243,7 +389,7 @@ class MariaDB:
             "--skip-name-resolve",  # no DNS on connect: hosts are matched by IP ('%' and '127.0.0.1')
             "--skip-log-bin",
             f"--innodb-buffer-pool-size={self.innodb_buffer_pool_size}",
-            "--innodb-log-file-size=16M",
+            *self._flavour_args(),
             # Native AIO (io_uring/libaio) is blocked in some container sandboxes; simulated AIO always works.
             "--innodb-use-native-aio=0",
             # Speed: a mariadbd crash still loses nothing with these; only an OS crash would.
@@ -254,6 +400,17 @@ class MariaDB:
             "--collation-server=utf8mb4_general_ci",
             *tls,
         ]
+
+    def _flavour_args(self) -> list[str]:
+        if self.bins is None:
+            return ["--innodb-log-file-size=16M"]
+        # MySQL and MariaDB 11.4+ offer TLS with certificates they make themselves; like MariaDB
+        # 10.11 the servers here offer none unless tls_files are given, so every flavour starts alike.
+        if not self.is_mysql:
+            no_tls = [] if self.tls_files else ["--skip-ssl"]
+            return [*self.bins.prefixed_args(), "--innodb-log-file-size=16M", *no_tls]
+        no_tls = [] if self.tls_files else ["--tls-version="]  # an empty tls_version turns TLS off
+        return [*self.bins.prefixed_args(), "--innodb-redo-log-capacity=16M", *self._mysql_only_args(), *no_tls]
 
     def _tmpdir(self) -> Path:
         d = self.base / "tmp"
@@ -309,7 +466,7 @@ class MariaDB:
     def _ping(self) -> bool:
         if self.admin:
             r = subprocess.run(
-                [self.admin, "--no-defaults", "-S", self.socket, "-uroot", "--connect-timeout=2", "ping"],
+                [self.admin, "--no-defaults", *self._admin_tls(), "-S", self.socket, "-uroot", "--connect-timeout=2", "ping"],
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
             )
@@ -319,6 +476,10 @@ class MariaDB:
             return True
         except pymysql.MySQLError:
             return False
+
+    def _admin_tls(self) -> list[str]:
+        # MariaDB 11.4+ clients insist on TLS by default; a socket needs none (MySQL's never uses it there).
+        return ["--skip-ssl"] if not self.is_mysql and self.bins and self.bins.prefix else []
 
     def _wait_ready(self) -> None:
         assert self.proc is not None
