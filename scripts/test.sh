@@ -5,7 +5,8 @@
 #   MYSQL_TEST_SERVER=mysql-9.7 bash scripts/test.sh     # the same suite on MySQL 9.7 (or mariadb-11.8)
 #
 # 1. Installs MariaDB server + client (and sysbench for bench/) with apt-get, only when the
-#    binaries are missing: the suite starts its own private server and needs them.
+#    binaries are missing: the suite starts its own private server and needs them. Likewise
+#    Debian's WordPress and PHP 8.2 with mysqli (tests/test_wordpress.py), no service started.
 # 2. Creates (or reuses) a virtualenv in .venv and installs the project with its test extras;
 #    the install is skipped while pyproject.toml is unchanged, so a prepared machine needs no network.
 #    Before pip runs, the build needs of mysqlclient (libmariadb-dev, pkg-config, a C compiler,
@@ -51,6 +52,29 @@ if ! { have mariadbd || have mysqld; } || ! { have mariadb || have mysql; } || !
     apt_install mariadb-server mariadb-client sysbench
 else
     say "MariaDB binaries present; no system packages to install"
+fi
+
+# tests/test_wordpress.py runs Debian's WordPress (theme twentytwentyone) on PHP's built-in server
+# with mysqli. The wordpress package pulls in apache2: a policy-rc.d that refuses every start
+# (exit 101) keeps it and any other service of these packages from starting, and is removed after.
+wordpress_missing() {
+    [ -f /usr/share/wordpress/wp-settings.php ] && [ -d /usr/share/wordpress/wp-content/themes/twentytwentyone ] &&
+        command -v php8.2 >/dev/null 2>&1 && php8.2 -m 2>/dev/null | grep -qx mysqli && return 1
+    return 0
+}
+if wordpress_missing; then
+    if [ -e /usr/sbin/policy-rc.d ]; then
+        apt_install wordpress wordpress-theme-twentytwentyone php8.2-cli php8.2-mysql
+    else
+        printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
+        as_root chmod 755 /usr/sbin/policy-rc.d
+        trap 'as_root rm -f /usr/sbin/policy-rc.d' EXIT
+        apt_install wordpress wordpress-theme-twentytwentyone php8.2-cli php8.2-mysql
+        as_root rm -f /usr/sbin/policy-rc.d
+        trap - EXIT
+    fi
+else
+    say "WordPress and PHP present"
 fi
 
 # An interpreter new enough for the project (requires-python >= 3.11). The distribution's own
