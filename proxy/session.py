@@ -18,6 +18,7 @@ from .mysql.constants import MULTI_STATEMENTS_OFF, MULTI_STATEMENTS_ON, Cap, Com
 from .mysql.messages import parse_session_state
 from .mysql.responses import ResponseTracker
 from .sql import Classified, Kind
+from .variables import NEVER_REPLAYED
 
 log = logging.getLogger("proxy.session")
 
@@ -219,17 +220,17 @@ class Session:
             changes = parse_session_state(block)
             if changes.schema is not None:
                 self.state.schema = link.schema = changes.schema or None
-            names = {name for name, _ in changes.variables}
+            names = {name for name, _ in changes.variables} - NEVER_REPLAYED
             charset_changed = charset_changed or not names.isdisjoint(CHARSET_VARIABLES)
             for name, value in changes.variables:
-                if TRACKING_SETUP_VALUES.get(name) == value:
+                if TRACKING_SETUP_VALUES.get(name) == value or name in NEVER_REPLAYED:
                     continue
                 link.variables[name] = value
                 if name in NOT_REPLAYABLE:
                     self.pin(PIN_STATE)
                 else:
                     self.state.variables[name] = value
-            explained = bool(changes.variables or changes.schema is not None or (
+            explained = bool(names or changes.schema is not None or (
                 stmt is not None and stmt.kind & (Kind.PREPARE | Kind.DEALLOCATE)
             ))
             if stmt is not None and stmt.kind & (Kind.USER_VARIABLE | Kind.TEMPORARY_TABLE):

@@ -440,8 +440,9 @@ def test_ok_known_bytes() -> None:
         (OK_AUTOCOMMIT_OFF, 0x4000, [("autocommit", "OFF")], None, True, []),
         (OK_RESULTS_NULL, 0x4002, [("character_set_results", "")], None, True, []),
         (OK_PREPARE, 0x4002, [], None, True, []),
-        (OK_TRX_INFO, 0x6003, [], None, False, [SessionTrack.TRANSACTION_STATE,
-                                                SessionTrack.TRANSACTION_CHARACTERISTICS]),
+        # Transaction state and characteristics describe what the status flags and the statement
+        # already say: read as information, never as an unexplained change of state.
+        (OK_TRX_INFO, 0x6003, [], None, False, []),
     ],
     ids=["time_zone", "use_db", "user_var", "set_names", "autocommit", "results_null", "prepare", "trx_info"],
 )
@@ -456,6 +457,7 @@ def test_captured_ok_session_state(packet: bytes, status: int, variables: list[t
     assert c.schema == schema
     assert c.state_changed is changed
     assert c.other == other
+    assert c.transaction_info is (packet == OK_TRX_INFO)
     # Re-encoding gives the same bytes: build_ok is the inverse of parse_ok on real packets.
     assert build_ok(ok, Cap.SESSION_TRACK) == packet
 

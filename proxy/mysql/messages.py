@@ -346,6 +346,9 @@ class SessionChanges:
     schema: str | None = None
     state_changed: bool = False
     other: list[int] = field(default_factory=list)  # entry types we do not interpret
+    # MySQL's transaction state / characteristics entries: a description of the transaction the
+    # status flags already report (and of SET TRANSACTION, which the statement shows), not state.
+    transaction_info: bool = False
 
 
 def parse_session_state(block: bytes) -> SessionChanges:
@@ -364,6 +367,8 @@ def parse_session_state(block: bytes) -> SessionChanges:
         elif kind == SessionTrack.STATE_CHANGE:
             # MariaDB sends the flag bare ("1"); the MySQL docs describe it length-encoded.
             out.state_changed = out.state_changed or data in (b"1", b"\x011")
+        elif kind in (SessionTrack.TRANSACTION_STATE, SessionTrack.TRANSACTION_CHARACTERISTICS):
+            out.transaction_info = True
         else:
             out.other.append(kind)
     return out
