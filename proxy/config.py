@@ -38,8 +38,10 @@ class ConfigError(ValueError):
 class ListenConfig:
     host: str = "127.0.0.1"
     port: int = 3307
-    # Plugin named in the greeting; clients asking for the other one get an auth switch.
-    auth_plugin: str = "mysql_native_password"
+    # Plugin named in the greeting; clients that scramble for the other one are accepted with it, others
+    # get an auth switch. caching_sha2_password: MySQL 8.4/9 clients (libmysqlclient 9 has no
+    # mysql_native_password) only log in when the greeting offers it; MariaDB clients answer either.
+    auth_plugin: str = "caching_sha2_password"
     # Clients that connect and do not finish the handshake within this many seconds are dropped.
     handshake_timeout: float = 10.0
     max_client_connections: int = 10000
