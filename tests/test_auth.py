@@ -15,7 +15,7 @@ from typing import Any
 
 import pymysql
 import pytest
-from conftest import APP_DB, APP_PASSWORD, APP_USER, MariaDB
+from conftest import APP_DB, APP_PASSWORD, APP_USER, SERVER, MariaDB, ProxyFactory
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -34,7 +34,7 @@ from proxy.mysql.messages import (
     parse_handshake,
     parse_handshake_response,
 )
-from proxy.mysql.packets import PacketReader, frame
+from proxy.mysql.packets import PacketReader, ProtocolError, frame
 
 FAST = settings(max_examples=200, deadline=None)
 
@@ -153,6 +153,27 @@ def test_rsa_encrypt_password_decrypts_to_password_xor_scramble() -> None:
     assert key.decrypt(theirs, padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA1()), algorithm=hashes.SHA1(), label=None)) == plain
 
 
+def test_rsa_with_a_key_that_is_no_key_is_a_protocol_error() -> None:
+    """A login that cannot be done is a ProtocolError (reported once by the pool), never a bare traceback."""
+    with pytest.raises(ProtocolError, match="RSA public key"):
+        auth.rsa_encrypt_password("pw", SCRAMBLE, b"-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----\n")
+
+
+@pytest.mark.skipif(not SERVER.mysql, reason="MySQL only: MariaDB has no caching_sha2_password accounts")
+def test_backend_caching_sha2_full_auth_over_rsa(mariadb: MariaDB, proxy_factory: ProxyFactory) -> None:
+    """A MySQL 9 account (caching_sha2_password) whose password the server has not cached: the
+    proxy's link takes the full path, over RSA since the server offers no TLS here."""
+    user = mariadb.make_user("sha2_full", "full-secret")
+    assert mariadb.sql("SELECT plugin FROM mysql.user WHERE user = %s", (user,))[0][0] == auth.CACHING_SHA2
+    assert mariadb.sql("SELECT @@tls_version")[0][0] == ""  # no TLS: the password can only travel RSA-encrypted
+    mariadb.sql("FLUSH PRIVILEGES")  # empties the server's cache of verified passwords
+    p = proxy_factory({"backend": {"user": user, "password": "full-secret"}})
+    conn = p.connect(user=user, password="full-secret")
+    with conn.cursor() as cur:
+        cur.execute("SELECT CURRENT_USER()")
+        assert cur.fetchone() == (f"{user}@%",)
+
+
 # --------------------------------------------------------------------------- a real client
 
 
@@ -233,6 +254,8 @@ def _login(db: MariaDB, password: str) -> bytes:
         return read()
 
 
+@pytest.mark.skipif(SERVER.mysql, reason="MySQL 9 has no mysql_native_password accounts; "
+                    "test_backend_caching_sha2_full_auth_over_rsa covers its login")
 def test_real_server_accepts_native_scramble(mariadb: MariaDB) -> None:
     assert _login(mariadb, APP_PASSWORD)[0] == 0x00  # OK
     reply = _login(mariadb, APP_PASSWORD + "x")

@@ -10,6 +10,8 @@ import hashlib
 import hmac
 import os
 
+from .packets import ProtocolError
+
 NATIVE = "mysql_native_password"
 CACHING_SHA2 = "caching_sha2_password"
 CLEAR = "mysql_clear_password"
@@ -86,19 +88,23 @@ def verify(plugin: str, password: str, scramble: bytes, response: bytes) -> bool
 def rsa_encrypt_password(password: str, scramble: bytes, public_key_pem: bytes) -> bytes:
     """caching_sha2 full auth without TLS: RSA-OAEP of (password + NUL) XOR scramble.
 
-    Needs the optional ``cryptography`` package (``pip install mysql-pool-proxy[rsa]``).
+    Needs the ``cryptography`` package (a dependency of the project). A login that cannot be
+    done raises ProtocolError, which the pool reports once and names in its clients' errors.
     """
     try:
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.asymmetric import padding
-    except ImportError as e:  # pragma: no cover - depends on the install
-        raise RuntimeError(
-            "the server asks for caching_sha2_password full authentication; install the "
-            "'cryptography' package (pip install 'mysql-pool-proxy[rsa]') or use TLS"
-        ) from e
+    except ImportError:  # pragma: no cover - depends on the install
+        raise ProtocolError(
+            "the server asks for caching_sha2_password full authentication, which needs RSA without TLS: "
+            "install the 'cryptography' package (pip install cryptography) or set backend.tls"
+        ) from None
     plain = password.encode() + b"\x00"
     mask = (scramble * (len(plain) // len(scramble) + 1))[: len(plain)]
-    key = serialization.load_pem_public_key(public_key_pem)
+    try:
+        key = serialization.load_pem_public_key(public_key_pem)
+    except ValueError as e:
+        raise ProtocolError(f"the server's RSA public key for caching_sha2_password is not usable: {e}") from None
     return key.encrypt(  # type: ignore[union-attr]
         _xor(plain, mask),
         padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA1()), algorithm=hashes.SHA1(), label=None),
