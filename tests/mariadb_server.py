@@ -302,6 +302,9 @@ class MariaDB:
             # Anonymous accounts would shadow 'user'@'%' for local logins (the most specific host wins).
             for user, host in db.sql("SELECT User, Host FROM mysql.user WHERE User = ''"):
                 db.sql("DROP USER %s@%s", (user, host))
+            if db.is_mysql:  # mariadb-install-db makes root@127.0.0.1 too; mysqld --initialize only root@localhost
+                db.sql("CREATE USER IF NOT EXISTS 'root'@'127.0.0.1' IDENTIFIED BY ''")
+                db.sql("GRANT ALL ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION")
         except BaseException:
             db.remove()
             raise
