@@ -73,6 +73,9 @@ def require_binary(*names: str) -> str:
 
 # --------------------------------------------------------------------------- MariaDB
 
+# The seq_1_to_N tables the tests read (MariaDB's sequence engine; views on MySQL, see add_sequence_views).
+SEQUENCE_SIZES = (3, 5, 57, 3000, 5000, 50000, 100000, 150000)
+
 
 @dataclass
 class MariaDB(mariadb_server.MariaDB):
@@ -123,6 +126,28 @@ class MariaDB(mariadb_server.MariaDB):
         """(Re)create ``name``@'%' with all rights on appdb; returns the name."""
         return self.create_user(name, password, APP_DB, max_user_connections)
 
+    def add_sequence_views(self, database: str) -> None:
+        """``seq_1_to_N`` in ``database`` on MySQL, as MariaDB's sequence engine has it built in.
+
+        Tests read rows of known numbers with ``SELECT seq FROM seq_1_to_N``; on MySQL the same
+        statement reads a view over one table of numbers (the sizes the tests use).
+        """
+        top = max(SEQUENCE_SIZES)
+        self.sql(f"CREATE TABLE IF NOT EXISTS `{database}`.mpp_numbers (seq BIGINT UNSIGNED PRIMARY KEY)")
+        conn = self.root_conn()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"SET SESSION cte_max_recursion_depth = {top}")
+                cur.execute(
+                    f"INSERT IGNORE INTO `{database}`.mpp_numbers WITH RECURSIVE s (n) AS "
+                    f"(SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < {top}) SELECT n FROM s"
+                )
+        finally:
+            conn.close()
+        for n in SEQUENCE_SIZES:
+            self.sql(f"CREATE OR REPLACE VIEW `{database}`.seq_1_to_{n} AS "
+                     f"SELECT seq FROM `{database}`.mpp_numbers WHERE seq <= {n}")
+
     def kill_user_connections(self, user: str) -> int:
         """KILL every server thread of ``user``; returns how many."""
         ids = self.sql("SELECT ID FROM information_schema.PROCESSLIST WHERE USER = %s", (user,))
@@ -146,6 +171,8 @@ def mariadb() -> Iterator[MariaDB]:
         pytest.fail(str(e), pytrace=False)
     try:
         db.make_account(APP_USER, APP_PASSWORD, APP_DB)
+        if db.is_mysql:
+            db.add_sequence_views(APP_DB)
         yield db
     finally:
         db.remove()
