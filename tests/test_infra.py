@@ -6,7 +6,7 @@ import uuid
 
 import pymysql
 import pytest
-from conftest import APP_DB, MariaDB, _merge, count_backend_connections, run_cli
+from conftest import APP_DB, SERVER, MariaDB, _merge, count_backend_connections, run_cli
 
 
 def _error_code(exc: BaseException) -> int:
@@ -23,7 +23,7 @@ def test_private_server_answers_root_over_tcp(mariadb: MariaDB) -> None:
             version, port, datadir, user = cur.fetchone()
     finally:
         conn.close()
-    assert "mariadb" in version.lower()
+    assert ("mariadb" in version.lower()) == SERVER.mariadb  # the flavour MYSQL_TEST_SERVER asked for
     assert port == mariadb.port
     assert datadir.rstrip("/") == mariadb.datadir.rstrip("/")  # ours, not a system server
     assert user == "root@127.0.0.1"
