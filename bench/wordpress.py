@@ -1,0 +1,216 @@
+"""WordPress page views per second through the proxy (account capped at 2) against direct, in one run.
+
+    .venv/bin/python bench/wordpress.py [--clients 16] [--workers 8] [--rounds 3] [--time 15] [--posts 10]
+                                        [--comment-every 10] [--proxy-nice -5] [--proxy-rev REV]
+                                        [--no-capped-direct] [--profile]
+
+A real WordPress (Debian's ``wordpress`` package, theme twentytwentyone, PHP 8.2 mysqli) on
+PHP's built-in server with ``--workers`` workers and opcache (tests/wordpress_site.py, the site the
+tests use), a private MariaDB with two accounts on the site's database: ``wp_free`` without a
+limit and ``wp_capped`` created ``MAX_USER_CONNECTIONS 2``, and the proxy with
+``pool.max_connections: 2`` in front of ``wp_capped``. WordPress is installed and its posts added
+directly, and every page is loaded once each way (opcache warm). Then ``--rounds`` rounds, each
+``--time`` s directly on ``wp_free`` (the baseline: what the site does without a limit) and then
+``--time`` s through the proxy: ``--clients`` HTTP clients loading home, posts, category, search
+and feed, and posting a comment every ``--comment-every``-th request. It prints, per phase, the
+good page views/s (HTTP 200, rendered to the end), error pages, the CPU each process used per
+request (the proxy's from /proc/PID/stat, utime + stime) and the statements the server ran per
+request (SHOW GLOBAL STATUS ``Questions``), then the median of the per-round ratios (proxy page
+views/s / the same round's direct). Last, one phase directly on ``wp_capped`` shows the problem
+the proxy is for (1226 "Error establishing a database connection" pages).
+
+mariadbd, the proxy and PHP each run in a session of their own, as services do (bench/README.md,
+step 1 of run.py); the proxy's gets ``--proxy-nice`` (-5: the weight ``CPUWeight=300`` gives the
+systemd unit). ``--profile`` adds one more proxy phase with py-spy attached to the proxy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
+
+from _server import (  # noqa: E402
+    BenchError,
+    MariaDB,
+    Proxy,
+    cpu_times,
+    describe_source,
+    private_mariadb,
+    proxy_source,
+    set_cpu_share,
+)
+
+import wordpress_site as ws  # noqa: E402  (in tests/, which _server puts on the path)
+
+DB = "wordpress"
+FREE, FREE_PASSWORD = "wp_free", "wp-free-secret"
+CAPPED, CAPPED_PASSWORD = "wp_capped", "wp-capped-secret"
+
+
+@dataclass
+class Phase:
+    label: str
+    load: ws.LoadResult
+    cpu: dict[str, float] = field(default_factory=dict)  # process -> CPU seconds during the phase
+    statements: int = 0  # the server's Questions during the phase
+
+    @property
+    def requests(self) -> int:
+        return len(self.load.pages) + len(self.load.comments)
+
+    @property
+    def rate(self) -> float:
+        return self.load.good_pages / self.load.seconds if self.load.seconds else 0.0
+
+    def per_request_ms(self, name: str) -> float:
+        return 1000 * self.cpu.get(name, 0.0) / max(self.requests, 1)
+
+    def line(self) -> str:
+        comments = f", {len(self.load.comments)} comments ({len(self.load.bad_comments())} not redirected)"
+        cpu = "  ".join(f"{n} {self.per_request_ms(n):.1f}" for n in ("php", "mariadbd", "proxy") if n in self.cpu)
+        return (f"{self.label:<22} {self.rate:7.1f} good page views/s  {len(self.load.bad_pages):4d} error pages"
+                f"{comments}; CPU ms/request: {cpu}; statements/request {self.statements / max(self.requests, 1):.1f}")
+
+
+def _cpu(pids: dict[str, list[int]]) -> dict[str, float]:
+    return {name: sum(sum(cpu_times(p)) for p in ps) for name, ps in pids.items()}
+
+
+def _questions(db: MariaDB) -> int:
+    return int(db.sql("SHOW GLOBAL STATUS LIKE 'Questions'")[0][1])
+
+
+def run_phase(label: str, db: MariaDB, site: ws.WordPressSite, target: str, pages: list[ws.Page],
+              content: ws.Content, args: argparse.Namespace, pids: dict[str, list[int]], seconds: float) -> Phase:
+    before, q0 = _cpu(pids), _questions(db)
+    load = ws.run_load(site, target, pages, content.post_ids, clients=args.clients, seconds=seconds,
+                       comment_every=args.comment_every, tag=f"{label}-{time.monotonic_ns()}")
+    after, q1 = _cpu(pids), _questions(db)
+    # Minus the one SHOW STATUS of ours that the second count includes.
+    phase = Phase(label, load, {n: after[n] - before[n] for n in pids}, q1 - q0 - 1)
+    print(phase.line(), flush=True)
+    return phase
+
+
+def profile_phase(db: MariaDB, site: ws.WordPressSite, pages: list[ws.Page], content: ws.Content,
+                  args: argparse.Namespace, pids: dict[str, list[int]], proxy_pid: int) -> None:
+    import run as sysbench_bench  # bench/run.py: the same py-spy handling as its --profile
+
+    raw = Path("/tmp/mpp-bench-wordpress-profile.txt")
+    prof = sysbench_bench.start_profiler(proxy_pid, int(args.time), raw, native=False)
+    if prof is None:
+        return
+    run_phase("proxy (profiled)", db, site, "proxy", pages, content, args, pids, args.time)
+    prof.wait(60)
+    for line in sysbench_bench.summarize_profile(raw):
+        print(line)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--clients", type=int, default=16, help="HTTP clients at once (default 16)")
+    ap.add_argument("--workers", type=int, default=8, help="PHP_CLI_SERVER_WORKERS (default 8)")
+    ap.add_argument("--rounds", type=int, default=3, help="direct/proxy rounds (default 3)")
+    ap.add_argument("--time", type=float, default=15, help="seconds per phase (default 15)")
+    ap.add_argument("--posts", type=int, default=10, help="posts on the site (default 10)")
+    ap.add_argument("--comment-every", type=int, default=10, help="every N-th request posts a comment (0: none)")
+    ap.add_argument("--proxy-nice", type=int, default=-5, help="autogroup nice of the proxy's session (default -5)")
+    ap.add_argument("--proxy-rev", metavar="REV", help="run proxy/ as of this git revision instead of the working tree")
+    ap.add_argument("--no-capped-direct", action="store_true", help="skip the phase directly on the capped account")
+    ap.add_argument("--profile", action="store_true", help="one more proxy phase with py-spy attached")
+    args = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        ws.require_php()
+        with proxy_source(args.proxy_rev) as src, private_mariadb() as db:
+            return bench(db, src, args)
+    except (BenchError, ws.SiteError) as e:
+        print(f"wordpress: {e}", file=sys.stderr)
+        return 1
+
+
+def bench(db: MariaDB, src: Path, args: argparse.Namespace) -> int:
+    db.sql(f"CREATE DATABASE {DB}")
+    db.create_user(FREE, FREE_PASSWORD, DB)
+    db.create_user(CAPPED, CAPPED_PASSWORD, DB, max_user_connections=2)
+    server = f"{db.host}:{db.port}"
+    with Proxy(db, CAPPED, CAPPED_PASSWORD, pool=2, log_level="warning", src_root=src) as proxy:
+        share = set_cpu_share(proxy.pid, args.proxy_nice, own_session=True)
+        base = Path(tempfile.mkdtemp(prefix="mpp-bench-wordpress-", dir="/tmp"))
+        site = ws.WordPressSite.create(base / "site", DB, {
+            "direct": ws.Target(server, FREE, FREE_PASSWORD),
+            "proxy": ws.Target(f"{proxy.host}:{proxy.port}", CAPPED, CAPPED_PASSWORD),
+            "capped": ws.Target(server, CAPPED, CAPPED_PASSWORD),
+        }, default="direct")
+        try:
+            site.start(workers=args.workers, start_new_session=True)
+            site.install("direct")
+            content = site.add_posts("direct", args.posts)
+            pages = ws.site_pages(content)
+            for target in ("direct", "proxy"):  # opcache and the server's caches warm, both ways
+                for page in pages:
+                    site.request(target, page.path)
+            pids = {"php": site.pids, "mariadbd": [db.pid], "proxy": [proxy.pid]}
+            print(f"MariaDB {db.version}; WordPress {_wp_version()} on php -S with {args.workers} workers "
+                  f"(opcache); {args.clients} clients, a comment every {args.comment_every} requests, "
+                  f"{args.rounds} rounds x {args.time:g} s; proxy pool 2 on {CAPPED} (MAX_USER_CONNECTIONS 2), "
+                  f"{share}; {describe_source(args.proxy_rev)}; {os.cpu_count()} CPUs", flush=True)
+            direct: list[Phase] = []
+            proxied: list[Phase] = []
+            for r in range(1, args.rounds + 1):
+                direct.append(run_phase(f"round {r} direct", db, site, "direct", pages, content, args, pids, args.time))
+                proxied.append(run_phase(f"round {r} proxy", db, site, "proxy", pages, content, args, pids, args.time))
+            if args.profile:
+                profile_phase(db, site, pages, content, args, pids, proxy.pid)
+            if not args.no_capped_direct:
+                proxy.stop()  # its links would hold the account's two connections
+                run_phase("direct, capped at 2", db, site, "capped", pages, content, args, pids, args.time)
+            report(direct, proxied, site)
+            problems = [ln for ln in proxy.log().splitlines() if " ERROR " in ln or "Traceback" in ln]
+            if problems:
+                print("proxy problems:\n  " + "\n  ".join(problems[:20]))
+                return 1
+            return 0 if not any(p.load.bad_pages or p.load.bad_comments() for p in proxied) else 1
+        finally:
+            site.remove()
+            os.rmdir(base)
+
+
+def _wp_version() -> str:
+    text = (ws.WORDPRESS_DIR / "wp-includes/version.php").read_text()
+    m = ws.re.search(r"\$wp_version = '([^']+)'", text)
+    return m.group(1) if m else "?"
+
+
+def report(direct: list[Phase], proxied: list[Phase], site: ws.WordPressSite) -> None:
+    ratios = [p.rate / d.rate for d, p in zip(direct, proxied) if d.rate]
+    med = lambda xs: statistics.median(xs) if xs else 0.0  # noqa: E731
+    print()
+    print(f"{'':<10} {'page views/s':>13} {'error pages':>12} {'CPU ms/request: php':>20} {'mariadbd':>9} "
+          f"{'proxy':>6} {'statements/request':>19}")
+    for label, phases in (("direct", direct), ("proxy", proxied)):
+        reqs = sum(p.requests for p in phases)
+        cpu = {n: 1000 * sum(p.cpu.get(n, 0.0) for p in phases) / max(reqs, 1) for n in ("php", "mariadbd", "proxy")}
+        stmts = sum(p.statements for p in phases) / max(reqs, 1)
+        print(f"{label:<10} {med([p.rate for p in phases]):13.1f} {sum(len(p.load.bad_pages) for p in phases):12d} "
+              f"{cpu['php']:20.1f} {cpu['mariadbd']:9.1f} {cpu['proxy']:6.2f} {stmts:19.1f}")
+    if ratios:
+        print(f"ratio proxy/direct: median {med(ratios):.2f}x (rounds: {', '.join(f'{r:.2f}' for r in ratios)})")
+    db_errors = site.db_log_lines("proxy")
+    print(f"database errors in WordPress's log through the proxy: {len(db_errors)}")
+    for line in db_errors[:5]:
+        print("  " + line[:300])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
