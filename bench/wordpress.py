@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/wordpress.py [--clients 16] [--workers 8] [--rounds 3] [--time 15] [--posts 10]
                                         [--comment-every 10] [--proxy-nice -5] [--proxy-rev REV]
-                                        [--no-capped-direct] [--profile]
+                                        [--no-capped-direct] [--profile] [--statements]
 
 A real WordPress (Debian's ``wordpress`` package, theme twentytwentyone, PHP 8.2 mysqli) on
 PHP's built-in server with ``--workers`` workers and opcache (tests/wordpress_site.py, the site the
@@ -22,12 +22,17 @@ the proxy is for (1226 "Error establishing a database connection" pages).
 mariadbd, the proxy and PHP each run in a session of their own, as services do (bench/README.md,
 step 1 of run.py); the proxy's gets ``--proxy-nice`` (-5: the weight ``CPUWeight=300`` gives the
 systemd unit). ``--profile`` adds one more proxy phase with py-spy attached to the proxy.
+``--statements`` adds a short load each way with the server's general log on, and prints what the
+server ran per request by kind: the application's statements, and what the proxy added (link
+setup, COM_CHANGE_USER, session-state replays, read-backs).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import os
+import re
 import signal
 import statistics
 import sys
@@ -116,6 +121,50 @@ def profile_phase(db: MariaDB, site: ws.WordPressSite, pages: list[ws.Page], con
         print(line)
 
 
+_LOG_LINE = re.compile(r"(?:\S+\s+[\d:]+)?\s+(\d+) (Query|Connect|Quit|Change user|Init DB|Ping|Reset connection|Prepare"
+                       r"|Execute|Close stmt)\t(.*)")
+
+
+def _statement_kind(command: str, text: str) -> str:
+    """A general-log entry's kind: the application's own statements by verb, the proxy's by purpose."""
+    if command != "Query":
+        return command
+    sql = " ".join(text.split())
+    if sql.startswith("SET @@session."):
+        return "SET @@session." + ", ".join(sorted(set(re.findall(r"@@session\.(\w+)", sql)))) + " (proxy: replay)"
+    if sql.startswith("SELECT @@character_set_client"):
+        return ("SELECT @@character_set_*, LAST_INSERT_ID() (proxy: read back after SET NAMES)" if "LAST_INSERT_ID" in sql
+                else "SELECT @@character_set_*, @@wait_timeout ... (proxy: link setup)")
+    if sql.startswith("SET session_track"):
+        return "SET session_track_* (proxy: link setup)"
+    return "app " + sql.split(" ", 1)[0].upper()
+
+
+def statements_per_request(db: MariaDB, site: ws.WordPressSite, pages: list[ws.Page], content: ws.Content,
+                           args: argparse.Namespace) -> None:
+    """The server's general log during a short load each way, counted by kind per request."""
+    counts: dict[str, collections.Counter[str]] = {}
+    requests: dict[str, int] = {}
+    for target in ("direct", "proxy"):
+        log = site.base / f"general-{target}.log"
+        db.sql("SET GLOBAL general_log_file = %s", (str(log),))
+        db.sql("SET GLOBAL general_log = 1")
+        load = ws.run_load(site, target, pages, content.post_ids, clients=args.clients, requests=10,
+                           comment_every=args.comment_every, tag=f"log-{target}")
+        db.sql("SET GLOBAL general_log = 0")
+        requests[target] = len(load.pages) + len(load.comments)
+        counts[target] = collections.Counter(
+            _statement_kind(m.group(2), m.group(3))
+            for m in map(_LOG_LINE.match, log.read_text(errors="replace").splitlines()) if m
+        )
+    per = {t: {k: n / max(requests[t], 1) for k, n in c.items()} for t, c in counts.items()}
+    print(f"\nwhat the server ran per request ({requests['direct']} requests direct, {requests['proxy']} through the proxy):")
+    print(f"  {'':<78} {'direct':>7} {'proxy':>7}")
+    for kind in sorted(set(per["direct"]) | set(per["proxy"]), key=lambda k: (-per["proxy"].get(k, 0), k)):
+        print(f"  {kind[:78]:<78} {per['direct'].get(kind, 0):7.2f} {per['proxy'].get(kind, 0):7.2f}")
+    print(f"  {'total':<78} {sum(per['direct'].values()):7.2f} {sum(per['proxy'].values()):7.2f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clients", type=int, default=16, help="HTTP clients at once (default 16)")
@@ -128,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--proxy-rev", metavar="REV", help="run proxy/ as of this git revision instead of the working tree")
     ap.add_argument("--no-capped-direct", action="store_true", help="skip the phase directly on the capped account")
     ap.add_argument("--profile", action="store_true", help="one more proxy phase with py-spy attached")
+    ap.add_argument("--statements", action="store_true", help="count what the server runs per request, each way")
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
@@ -172,6 +222,8 @@ def bench(db: MariaDB, src: Path, args: argparse.Namespace) -> int:
                 proxied.append(run_phase(f"round {r} proxy", db, site, "proxy", pages, content, args, pids, args.time))
             if args.profile:
                 profile_phase(db, site, pages, content, args, pids, proxy.pid)
+            if args.statements:
+                statements_per_request(db, site, pages, content, args)
             if not args.no_capped_direct:
                 proxy.stop()  # its links would hold the account's two connections
                 run_phase("direct, capped at 2", db, site, "capped", pages, content, args, pids, args.time)
