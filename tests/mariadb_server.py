@@ -339,6 +339,7 @@ class MariaDB:
         return [
             "--secure-file-priv=",  # its default, /var/lib/mysql-files, does not exist here
             "--mysqlx=OFF",  # no X protocol port next to ours
+            "--local-infile=ON",  # MariaDB's default; MySQL's is OFF (LOAD DATA LOCAL is tested through the proxy)
         ]
 
     def _mariadb_install_cmd(self, install: str) -> list[str]:

@@ -14,7 +14,13 @@ import threading
 import pymysql
 import pytest
 
-from conftest import APP_DB
+from conftest import APP_DB, SERVER
+
+# Isolation level and read-only mode by the server's names: MySQL 8+ has only transaction_*,
+# MariaDB 10.11 only tx_* (MariaDB 11.1+ has both).
+ISOLATION, READ_ONLY = (
+    ("tx_isolation", "tx_read_only") if SERVER.name == "mariadb-10.11" else ("transaction_isolation", "transaction_read_only")
+)
 
 SCRIPTS: dict[str, list[str]] = {
     "variables": [
@@ -63,20 +69,20 @@ SCRIPTS: dict[str, list[str]] = {
     ],
     "isolation": [
         "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
-        "SELECT @@tx_isolation",
+        f"SELECT @@{ISOLATION}",
         "SELECT 1",
-        "SELECT @@tx_isolation",
+        f"SELECT @@{ISOLATION}",
         "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
         "BEGIN",
         "SELECT 2",
         "COMMIT",
-        "SELECT @@tx_isolation",
+        f"SELECT @@{ISOLATION}",
         "SET SESSION TRANSACTION READ ONLY",
-        "SELECT @@tx_read_only",
+        f"SELECT @@{READ_ONLY}",
         "SELECT 3",
-        "SELECT @@tx_read_only",
+        f"SELECT @@{READ_ONLY}",
         "SET SESSION TRANSACTION READ WRITE, ISOLATION LEVEL REPEATABLE READ",
-        "SELECT @@tx_read_only, @@tx_isolation",
+        f"SELECT @@{READ_ONLY}, @@{ISOLATION}",
     ],
     "names": [
         "DROP TABLE IF EXISTS d_names",
