@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/wordpress.py [--clients 16] [--workers 8] [--rounds 3] [--time 15] [--posts 10]
                                         [--comment-every 10] [--proxy-nice -5] [--proxy-rev REV]
-                                        [--no-capped-direct] [--profile] [--statements]
+                                        [--versus REV_OR_DIR] [--no-capped-direct] [--profile] [--statements]
 
 A real WordPress (Debian's ``wordpress`` package, theme twentytwentyone, PHP 8.2 mysqli) on
 PHP's built-in server with ``--workers`` workers and opcache (tests/wordpress_site.py, the site the
@@ -21,7 +21,8 @@ the proxy is for (1226 "Error establishing a database connection" pages).
 
 mariadbd, the proxy and PHP each run in a session of their own, as services do (bench/README.md,
 step 1 of run.py); the proxy's gets ``--proxy-nice`` (-5: the weight ``CPUWeight=300`` gives the
-systemd unit). ``--profile`` adds one more proxy phase with py-spy attached to the proxy.
+systemd unit). ``--versus`` adds a third phase to every round, through a second proxy (another
+revision of proxy/, e.g. a change against HEAD in the same run). ``--profile`` adds one more proxy phase with py-spy attached to the proxy.
 ``--statements`` adds a short load each way with the server's general log on, and prints what the
 server ran per request by kind: the application's statements, and what the proxy added (link
 setup, COM_CHANGE_USER, session-state replays, read-backs).
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import os
 import re
 import signal
@@ -60,6 +62,7 @@ import wordpress_site as ws  # noqa: E402  (in tests/, which _server puts on the
 DB = "wordpress"
 FREE, FREE_PASSWORD = "wp_free", "wp-free-secret"
 CAPPED, CAPPED_PASSWORD = "wp_capped", "wp-capped-secret"
+CAPPED_B = "wp_capped_b"  # --versus: the second proxy's account, capped at 2 as well
 
 
 @dataclass
@@ -175,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--comment-every", type=int, default=10, help="every N-th request posts a comment (0: none)")
     ap.add_argument("--proxy-nice", type=int, default=-5, help="autogroup nice of the proxy's session (default -5)")
     ap.add_argument("--proxy-rev", metavar="REV", help="run proxy/ as of this git revision instead of the working tree")
+    ap.add_argument("--versus", metavar="REV_OR_DIR",
+                    help="also run a second proxy in every round: proxy/ as of this git revision, or from this "
+                         "directory (one holding proxy/), on an account of its own capped at 2")
     ap.add_argument("--no-capped-direct", action="store_true", help="skip the phase directly on the capped account")
     ap.add_argument("--profile", action="store_true", help="one more proxy phase with py-spy attached")
     ap.add_argument("--statements", action="store_true", help="count what the server runs per request, each way")
@@ -182,60 +188,97 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         ws.require_php()
-        with proxy_source(args.proxy_rev) as src, private_mariadb() as db:
-            return bench(db, src, args)
+        with contextlib.ExitStack() as stack:
+            src = stack.enter_context(proxy_source(args.proxy_rev))
+            versus = None
+            if args.versus:
+                given = Path(args.versus)
+                versus = given.resolve() if (given / "proxy").is_dir() else stack.enter_context(proxy_source(args.versus))
+            db = stack.enter_context(private_mariadb())
+            return bench(db, src, versus, args)
     except (BenchError, ws.SiteError) as e:
         print(f"wordpress: {e}", file=sys.stderr)
         return 1
 
 
-def bench(db: MariaDB, src: Path, args: argparse.Namespace) -> int:
+@dataclass
+class Side:
+    """One way the site reaches the server: its label, the site's target, the proxy in between (if any)."""
+
+    label: str
+    target: str
+    proxy: Proxy | None = None
+    phases: list[Phase] = field(default_factory=list)
+
+
+def bench(db: MariaDB, src: Path, versus: Path | None, args: argparse.Namespace) -> int:
     db.sql(f"CREATE DATABASE {DB}")
     db.create_user(FREE, FREE_PASSWORD, DB)
     db.create_user(CAPPED, CAPPED_PASSWORD, DB, max_user_connections=2)
     server = f"{db.host}:{db.port}"
-    with Proxy(db, CAPPED, CAPPED_PASSWORD, pool=2, log_level="warning", src_root=src) as proxy:
-        share = set_cpu_share(proxy.pid, args.proxy_nice, own_session=True)
+    sides = [Side("direct", "direct")]
+    with contextlib.ExitStack() as stack:
+        for label, target, account, root in (("proxy", "proxy", CAPPED, src), ("proxy B", "proxy-b", CAPPED_B, versus)):
+            if root is None:
+                continue
+            # Each proxy on an account of its own: two pools of 2 on one account would meet its cap.
+            db.create_user(account, CAPPED_PASSWORD, DB, max_user_connections=2)
+            proxy = stack.enter_context(Proxy(db, account, CAPPED_PASSWORD, pool=2, log_level="warning", src_root=root))
+            share = set_cpu_share(proxy.pid, args.proxy_nice, own_session=True)
+            sides.append(Side(label, target, proxy))
         base = Path(tempfile.mkdtemp(prefix="mpp-bench-wordpress-", dir="/tmp"))
-        site = ws.WordPressSite.create(base / "site", DB, {
-            "direct": ws.Target(server, FREE, FREE_PASSWORD),
-            "proxy": ws.Target(f"{proxy.host}:{proxy.port}", CAPPED, CAPPED_PASSWORD),
-            "capped": ws.Target(server, CAPPED, CAPPED_PASSWORD),
-        }, default="direct")
-        try:
-            site.start(workers=args.workers, start_new_session=True)
-            site.install("direct")
-            content = site.add_posts("direct", args.posts)
-            pages = ws.site_pages(content)
-            for target in ("direct", "proxy"):  # opcache and the server's caches warm, both ways
-                for page in pages:
-                    site.request(target, page.path)
-            pids = {"php": site.pids, "mariadbd": [db.pid], "proxy": [proxy.pid]}
-            print(f"MariaDB {db.version}; WordPress {_wp_version()} on php -S with {args.workers} workers "
-                  f"(opcache); {args.clients} clients, a comment every {args.comment_every} requests, "
-                  f"{args.rounds} rounds x {args.time:g} s; proxy pool 2 on {CAPPED} (MAX_USER_CONNECTIONS 2), "
-                  f"{share}; {describe_source(args.proxy_rev)}; {os.cpu_count()} CPUs", flush=True)
-            direct: list[Phase] = []
-            proxied: list[Phase] = []
-            for r in range(1, args.rounds + 1):
-                direct.append(run_phase(f"round {r} direct", db, site, "direct", pages, content, args, pids, args.time))
-                proxied.append(run_phase(f"round {r} proxy", db, site, "proxy", pages, content, args, pids, args.time))
-            if args.profile:
-                profile_phase(db, site, pages, content, args, pids, proxy.pid)
-            if args.statements:
-                statements_per_request(db, site, pages, content, args)
-            if not args.no_capped_direct:
-                proxy.stop()  # its links would hold the account's two connections
-                run_phase("direct, capped at 2", db, site, "capped", pages, content, args, pids, args.time)
-            report(direct, proxied, site)
-            problems = [ln for ln in proxy.log().splitlines() if " ERROR " in ln or "Traceback" in ln]
+        targets = {"direct": ws.Target(server, FREE, FREE_PASSWORD), "capped": ws.Target(server, CAPPED, CAPPED_PASSWORD)}
+        for side in sides[1:]:
+            assert side.proxy is not None
+            targets[side.target] = ws.Target(f"{side.proxy.host}:{side.proxy.port}", side.proxy.config["backend"]["user"],
+                                             CAPPED_PASSWORD)
+        site = ws.WordPressSite.create(base / "site", DB, targets, default="direct")
+        stack.callback(os.rmdir, base)
+        stack.callback(site.remove)
+        site.start(workers=args.workers, start_new_session=True)
+        site.install("direct")
+        content = site.add_posts("direct", args.posts)
+        pages = ws.site_pages(content)
+        for side in sides:  # opcache and the server's caches warm, every way
+            for page in pages:
+                site.request(side.target, page.path)
+        versus_note = ""
+        if args.versus:
+            given = Path(args.versus)
+            versus_note = f"; proxy B: {given if (given / 'proxy').is_dir() else describe_source(args.versus)}"
+        print(f"MariaDB {db.version}; WordPress {_wp_version()} on php -S with {args.workers} workers "
+              f"(opcache); {args.clients} clients, a comment every {args.comment_every} requests, "
+              f"{args.rounds} rounds x {args.time:g} s; proxy pool 2 on an account with MAX_USER_CONNECTIONS 2, "
+              f"{share}; {describe_source(args.proxy_rev)}{versus_note}; {os.cpu_count()} CPUs", flush=True)
+
+        def pids(side: Side) -> dict[str, list[int]]:
+            proxy = side.proxy or sides[1].proxy
+            assert proxy is not None
+            return {"php": site.pids, "mariadbd": [db.pid], "proxy": [proxy.pid]}
+
+        for r in range(1, args.rounds + 1):
+            for side in sides:
+                side.phases.append(run_phase(f"round {r} {side.label}", db, site, side.target, pages, content, args,
+                                             pids(side), args.time))
+        main_proxy = sides[1].proxy
+        assert main_proxy is not None
+        if args.profile:
+            profile_phase(db, site, pages, content, args, pids(sides[1]), main_proxy.pid)
+        if args.statements:
+            statements_per_request(db, site, pages, content, args)
+        if not args.no_capped_direct:
+            main_proxy.stop()  # its links would hold the account's two connections
+            run_phase("direct, capped at 2", db, site, "capped", pages, content, args, pids(sides[0]), args.time)
+        report(sides, site)
+        failed = False
+        for side in sides[1:]:
+            assert side.proxy is not None
+            problems = [ln for ln in side.proxy.log().splitlines() if " ERROR " in ln or "Traceback" in ln]
             if problems:
-                print("proxy problems:\n  " + "\n  ".join(problems[:20]))
-                return 1
-            return 0 if not any(p.load.bad_pages or p.load.bad_comments() for p in proxied) else 1
-        finally:
-            site.remove()
-            os.rmdir(base)
+                print(f"{side.label} problems:\n  " + "\n  ".join(problems[:20]))
+                failed = True
+            failed |= any(p.load.bad_pages or p.load.bad_comments() for p in side.phases)
+        return 1 if failed else 0
 
 
 def _wp_version() -> str:
@@ -244,24 +287,26 @@ def _wp_version() -> str:
     return m.group(1) if m else "?"
 
 
-def report(direct: list[Phase], proxied: list[Phase], site: ws.WordPressSite) -> None:
-    ratios = [p.rate / d.rate for d, p in zip(direct, proxied) if d.rate]
+def report(sides: list[Side], site: ws.WordPressSite) -> None:
     med = lambda xs: statistics.median(xs) if xs else 0.0  # noqa: E731
     print()
     print(f"{'':<10} {'page views/s':>13} {'error pages':>12} {'CPU ms/request: php':>20} {'mariadbd':>9} "
           f"{'proxy':>6} {'statements/request':>19}")
-    for label, phases in (("direct", direct), ("proxy", proxied)):
+    for side in sides:
+        phases = side.phases
         reqs = sum(p.requests for p in phases)
         cpu = {n: 1000 * sum(p.cpu.get(n, 0.0) for p in phases) / max(reqs, 1) for n in ("php", "mariadbd", "proxy")}
         stmts = sum(p.statements for p in phases) / max(reqs, 1)
-        print(f"{label:<10} {med([p.rate for p in phases]):13.1f} {sum(len(p.load.bad_pages) for p in phases):12d} "
+        print(f"{side.label:<10} {med([p.rate for p in phases]):13.1f} {sum(len(p.load.bad_pages) for p in phases):12d} "
               f"{cpu['php']:20.1f} {cpu['mariadbd']:9.1f} {cpu['proxy']:6.2f} {stmts:19.1f}")
-    if ratios:
-        print(f"ratio proxy/direct: median {med(ratios):.2f}x (rounds: {', '.join(f'{r:.2f}' for r in ratios)})")
-    db_errors = site.db_log_lines("proxy")
-    print(f"database errors in WordPress's log through the proxy: {len(db_errors)}")
-    for line in db_errors[:5]:
-        print("  " + line[:300])
+    for side in sides[1:]:
+        ratios = [p.rate / d.rate for d, p in zip(sides[0].phases, side.phases) if d.rate]
+        if ratios:
+            print(f"ratio {side.label}/direct: median {med(ratios):.2f}x (rounds: {', '.join(f'{r:.2f}' for r in ratios)})")
+        db_errors = site.db_log_lines(side.target)
+        print(f"database errors in WordPress's log through {side.label}: {len(db_errors)}")
+        for line in db_errors[:5]:
+            print("  " + line[:300])
 
 
 if __name__ == "__main__":
