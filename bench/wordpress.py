@@ -71,6 +71,7 @@ class Phase:
     load: ws.LoadResult
     cpu: dict[str, float] = field(default_factory=dict)  # process -> CPU seconds during the phase
     statements: int = 0  # the server's Questions during the phase
+    bytes_sent: int = 0  # the server's Bytes_sent during the phase (what a proxy relays back)
 
     @property
     def requests(self) -> int:
@@ -87,25 +88,28 @@ class Phase:
         comments = f", {len(self.load.comments)} comments ({len(self.load.bad_comments())} not redirected)"
         cpu = "  ".join(f"{n} {self.per_request_ms(n):.1f}" for n in ("php", "mariadbd", "proxy") if n in self.cpu)
         return (f"{self.label:<22} {self.rate:7.1f} good page views/s  {len(self.load.bad_pages):4d} error pages"
-                f"{comments}; CPU ms/request: {cpu}; statements/request {self.statements / max(self.requests, 1):.1f}")
+                f"{comments}; CPU ms/request: {cpu}; statements/request {self.statements / max(self.requests, 1):.1f}, "
+                f"KB/request {self.bytes_sent / 1024 / max(self.requests, 1):.0f}")
 
 
 def _cpu(pids: dict[str, list[int]]) -> dict[str, float]:
     return {name: sum(sum(cpu_times(p)) for p in ps) for name, ps in pids.items()}
 
 
-def _questions(db: MariaDB) -> int:
-    return int(db.sql("SHOW GLOBAL STATUS LIKE 'Questions'")[0][1])
+def _status(db: MariaDB) -> tuple[int, int]:
+    """The server's (Questions, Bytes_sent) so far."""
+    rows = dict(db.sql("SHOW GLOBAL STATUS WHERE Variable_name IN ('Questions', 'Bytes_sent')"))
+    return int(rows["Questions"]), int(rows["Bytes_sent"])
 
 
 def run_phase(label: str, db: MariaDB, site: ws.WordPressSite, target: str, pages: list[ws.Page],
               content: ws.Content, args: argparse.Namespace, pids: dict[str, list[int]], seconds: float) -> Phase:
-    before, q0 = _cpu(pids), _questions(db)
+    before, (q0, b0) = _cpu(pids), _status(db)
     load = ws.run_load(site, target, pages, content.post_ids, clients=args.clients, seconds=seconds,
                        comment_every=args.comment_every, tag=f"{label}-{time.monotonic_ns()}")
-    after, q1 = _cpu(pids), _questions(db)
+    after, (q1, b1) = _cpu(pids), _status(db)
     # Minus the one SHOW STATUS of ours that the second count includes.
-    phase = Phase(label, load, {n: after[n] - before[n] for n in pids}, q1 - q0 - 1)
+    phase = Phase(label, load, {n: after[n] - before[n] for n in pids}, q1 - q0 - 1, b1 - b0)
     print(phase.line(), flush=True)
     return phase
 
@@ -144,28 +148,30 @@ def _statement_kind(command: str, text: str) -> str:
 
 
 def statements_per_request(db: MariaDB, site: ws.WordPressSite, pages: list[ws.Page], content: ws.Content,
-                           args: argparse.Namespace) -> None:
+                           args: argparse.Namespace, sides: list[Side]) -> None:
     """The server's general log during a short load each way, counted by kind per request."""
-    counts: dict[str, collections.Counter[str]] = {}
+    per: dict[str, dict[str, float]] = {}
     requests: dict[str, int] = {}
-    for target in ("direct", "proxy"):
-        log = site.base / f"general-{target}.log"
+    for side in sides:
+        log = site.base / f"general-{side.target}.log"
         db.sql("SET GLOBAL general_log_file = %s", (str(log),))
         db.sql("SET GLOBAL general_log = 1")
-        load = ws.run_load(site, target, pages, content.post_ids, clients=args.clients, requests=10,
-                           comment_every=args.comment_every, tag=f"log-{target}")
+        load = ws.run_load(site, side.target, pages, content.post_ids, clients=args.clients, requests=10,
+                           comment_every=args.comment_every, tag=f"log-{side.target}")
         db.sql("SET GLOBAL general_log = 0")
-        requests[target] = len(load.pages) + len(load.comments)
-        counts[target] = collections.Counter(
+        requests[side.label] = n = max(len(load.pages) + len(load.comments), 1)
+        counts = collections.Counter(
             _statement_kind(m.group(2), m.group(3))
             for m in map(_LOG_LINE.match, log.read_text(errors="replace").splitlines()) if m
         )
-    per = {t: {k: n / max(requests[t], 1) for k, n in c.items()} for t, c in counts.items()}
-    print(f"\nwhat the server ran per request ({requests['direct']} requests direct, {requests['proxy']} through the proxy):")
-    print(f"  {'':<78} {'direct':>7} {'proxy':>7}")
-    for kind in sorted(set(per["direct"]) | set(per["proxy"]), key=lambda k: (-per["proxy"].get(k, 0), k)):
-        print(f"  {kind[:78]:<78} {per['direct'].get(kind, 0):7.2f} {per['proxy'].get(kind, 0):7.2f}")
-    print(f"  {'total':<78} {sum(per['direct'].values()):7.2f} {sum(per['proxy'].values()):7.2f}")
+        per[side.label] = {k: c / n for k, c in counts.items()}
+    labels = [side.label for side in sides]
+    print(f"\nwhat the server ran per request ({', '.join(f'{requests[x]} requests {x}' for x in labels)}):")
+    print(f"  {'':<78}" + "".join(f" {x:>8}" for x in labels))
+    kinds = sorted(set().union(*per.values()), key=lambda k: (-per[labels[-1]].get(k, 0), k))
+    for kind in kinds:
+        print(f"  {kind[:78]:<78}" + "".join(f" {per[x].get(kind, 0):8.2f}" for x in labels))
+    print(f"  {'total':<78}" + "".join(f" {sum(per[x].values()):8.2f}" for x in labels))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,7 +271,7 @@ def bench(db: MariaDB, src: Path, versus: Path | None, args: argparse.Namespace)
         if args.profile:
             profile_phase(db, site, pages, content, args, pids(sides[1]), main_proxy.pid)
         if args.statements:
-            statements_per_request(db, site, pages, content, args)
+            statements_per_request(db, site, pages, content, args, sides)
         if not args.no_capped_direct:
             main_proxy.stop()  # its links would hold the account's two connections
             run_phase("direct, capped at 2", db, site, "capped", pages, content, args, pids(sides[0]), args.time)
@@ -291,22 +297,32 @@ def report(sides: list[Side], site: ws.WordPressSite) -> None:
     med = lambda xs: statistics.median(xs) if xs else 0.0  # noqa: E731
     print()
     print(f"{'':<10} {'page views/s':>13} {'error pages':>12} {'CPU ms/request: php':>20} {'mariadbd':>9} "
-          f"{'proxy':>6} {'statements/request':>19}")
+          f"{'proxy':>6} {'all':>6} {'statements/request':>19} {'KB/request':>11}")
+    total_cpu: dict[str, float] = {}
     for side in sides:
         phases = side.phases
-        reqs = sum(p.requests for p in phases)
-        cpu = {n: 1000 * sum(p.cpu.get(n, 0.0) for p in phases) / max(reqs, 1) for n in ("php", "mariadbd", "proxy")}
-        stmts = sum(p.statements for p in phases) / max(reqs, 1)
+        reqs = max(sum(p.requests for p in phases), 1)
+        cpu = {n: 1000 * sum(p.cpu.get(n, 0.0) for p in phases) / reqs for n in ("php", "mariadbd", "proxy")}
+        # Direct phases run no proxy: the (idle) proxy's few ticks are not the site's cost.
+        total_cpu[side.label] = cpu["php"] + cpu["mariadbd"] + (cpu["proxy"] if side.proxy else 0.0)
+        stmts = sum(p.statements for p in phases) / reqs
+        kb = sum(p.bytes_sent for p in phases) / 1024 / reqs
         print(f"{side.label:<10} {med([p.rate for p in phases]):13.1f} {sum(len(p.load.bad_pages) for p in phases):12d} "
-              f"{cpu['php']:20.1f} {cpu['mariadbd']:9.1f} {cpu['proxy']:6.2f} {stmts:19.1f}")
+              f"{cpu['php']:20.1f} {cpu['mariadbd']:9.1f} {cpu['proxy']:6.2f} {total_cpu[side.label]:6.1f} "
+              f"{stmts:19.1f} {kb:11.0f}")
+    direct = sides[0]
     for side in sides[1:]:
-        ratios = [p.rate / d.rate for d, p in zip(sides[0].phases, side.phases) if d.rate]
+        ratios = [p.rate / d.rate for d, p in zip(direct.phases, side.phases) if d.rate]
         if ratios:
             print(f"ratio {side.label}/direct: median {med(ratios):.2f}x (rounds: {', '.join(f'{r:.2f}' for r in ratios)})")
+        # On a machine that PHP, mariadbd and the proxy keep busy, page views/s go as 1 / CPU per request:
+        # a ratio that drifts less with other load on the machine than the rates themselves.
+        print(f"  CPU per request, PHP + mariadbd + proxy: {total_cpu[side.label]:.1f} ms against {total_cpu['direct']:.1f} "
+              f"direct: a machine these saturate serves {total_cpu['direct'] / total_cpu[side.label]:.2f}x the page views")
         db_errors = site.db_log_lines(side.target)
-        print(f"database errors in WordPress's log through {side.label}: {len(db_errors)}")
+        print(f"  database errors in WordPress's log through {side.label}: {len(db_errors)}")
         for line in db_errors[:5]:
-            print("  " + line[:300])
+            print("    " + line[:300])
 
 
 if __name__ == "__main__":
