@@ -9,8 +9,10 @@ outcomes: B waits for the pool and gets error 9001 (A is pinned and holds the li
 that shows none of A's state. Afterwards A must still see its own state (a proxy that "isolates" by
 throwing A's state away fails too).
 
-Every shape names what a leak looks like (``leak``); its probe fails exactly then.
-State the proxy can replay (session variables) must not pin: there B must be served, not queued.
+Every shape names what a leak looks like (``leak``); its probe fails exactly then, which
+test_probe_can_fail shows on the server directly: each probe fails on the session holding the state
+and passes on any other. State the proxy can replay (session variables) must not pin: there B must be
+served, not queued.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import pymysql
 import pytest
 from pymysql.constants import CLIENT
 
-from conftest import APP_DB, MariaDB, ProxyFactory, ProxyProcess
+from conftest import APP_DB, SERVER, MariaDB, ProxyFactory, ProxyProcess
 
 USER = "iso_app"
 PASSWORD = "iso-secret"
@@ -42,6 +44,10 @@ ER_UNKNOWN_TABLE_IN_HANDLER = 1109
 ER_XAER_RMFAIL = 1399
 ER_SP_DOES_NOT_EXIST = 1305  # also "SAVEPOINT ... does not exist"
 ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION = 1792
+ER_CANT_CHANGE_TX_CHARACTERISTICS = 1568
+
+
+_SERVER: list[MariaDB] = []  # the session's server, set by the iso_server fixture
 
 
 class PoolBusy(Exception):
@@ -182,6 +188,7 @@ class Shape:
     binary: bool = False  # A uses the binary protocol client
     multi: bool = False  # A's connection has CLIENT_MULTI_STATEMENTS
     shares: bool = False  # replayable state: B must get the link, not wait for it
+    mariadb_only: bool = False  # MariaDB syntax (CREATE OR REPLACE, /*M! */)
 
 
 def temp_table(name: str, expect: list[tuple[Any, ...]]) -> tuple[Probe, Probe]:
@@ -235,9 +242,10 @@ def table_lock() -> tuple[Probe, Probe]:
 def global_read_lock() -> tuple[Probe, Probe]:
     # The session holding FLUSH TABLES WITH READ LOCK gets 1223 at once for a write; another link would
     # wait and get 1205 after lock_wait_timeout (1 s here), never 1223.
-    write = "SET STATEMENT lock_wait_timeout = 1 FOR INSERT INTO iso_scratch (who) VALUES ('{}')"
+    write = "INSERT INTO iso_scratch (who) VALUES ('{}')"
 
     def probe(b: Client) -> None:
+        b.rows("SET SESSION lock_wait_timeout = 1")
         assert b.error_of(write.format("B")) != ER_CANT_UPDATE_WITH_READLOCK, "B runs on the link holding A's read lock"
 
     def check(a: Client) -> None:
@@ -284,17 +292,26 @@ def xa(xid: str) -> tuple[Probe, Probe]:
     return probe, check
 
 
+def in_transaction(c: Client) -> bool:
+    """MariaDB says so in @@in_transaction; MySQL has no such variable but refuses to change the
+    next transaction's characteristics inside one (1568): outside one, that SET only touches the
+    next transaction of a session the test ends anyway."""
+    if not SERVER.mysql:
+        return bool(c.value("SELECT @@in_transaction"))
+    return c.error_of("SET TRANSACTION READ WRITE") == ER_CANT_CHANGE_TX_CHARACTERISTICS
+
+
 def open_transaction(row: int, *, uncommitted: bool) -> tuple[Probe, Probe]:
     """``uncommitted``: A inserted ``row`` in its transaction. Otherwise root committed ``row`` after A's
     snapshot was taken, so A must not see it and a fresh session must."""
 
     def probe(b: Client) -> None:
-        assert b.value("SELECT @@in_transaction") == 0, "B is inside A's transaction"
+        assert not in_transaction(b), "B is inside A's transaction"
         seen = b.value(f"SELECT COUNT(*) FROM iso_tx WHERE id = {row}")
         assert seen == (0 if uncommitted else 1), "B reads through A's transaction (its rows or its snapshot)"
 
     def check(a: Client) -> None:
-        assert a.value("SELECT @@in_transaction") == 1, "A's transaction is gone"
+        assert in_transaction(a), "A's transaction is gone"
         seen = a.value(f"SELECT COUNT(*) FROM iso_tx WHERE id = {row}")
         assert seen == (1 if uncommitted else 0), "A's transaction lost its rows or its snapshot"
         a.rows("ROLLBACK")
@@ -323,16 +340,21 @@ def read_only_transaction(*, started: bool) -> tuple[Probe, Probe]:
     return probe, check
 
 
-def serializable_next(mariadb: MariaDB) -> tuple[Probe, Probe]:
+def serializable_next() -> tuple[Probe, Probe]:
     # In SERIALIZABLE a plain SELECT inside a transaction takes a shared lock: root's UPDATE of that row
     # then times out (1205). In the default REPEATABLE READ it does not.
     def root_update_blocked() -> bool:
+        root = _SERVER[0].root_conn()  # the server is known once the fixture ran
         try:
-            mariadb.sql("SET STATEMENT innodb_lock_wait_timeout = 1 FOR UPDATE appdb.iso_tx SET n = n + 1 WHERE id = 1")
+            with root.cursor() as cur:
+                cur.execute("SET SESSION innodb_lock_wait_timeout = 1")
+                cur.execute("UPDATE appdb.iso_tx SET n = n + 1 WHERE id = 1")
         except pymysql.MySQLError as e:
             if e.args[0] == ER_LOCK_WAIT_TIMEOUT:
                 return True
             raise
+        finally:
+            root.close()
         return False
 
     def probe(b: Client) -> None:
@@ -392,10 +414,10 @@ def session_variable(name: str, default: Callable[[], Any], wanted: Any) -> tupl
 
 def select_limit() -> tuple[Probe, Probe]:
     def probe(b: Client) -> None:
-        assert len(b.rows("SELECT seq FROM seq_1_to_3")) == 3, "B's SELECT is cut by A's sql_select_limit"
+        assert len(b.rows("SELECT id FROM iso_three")) == 3, "B's SELECT is cut by A's sql_select_limit"
 
     def check(a: Client) -> None:
-        assert len(a.rows("SELECT seq FROM seq_1_to_3")) == 1, "A lost its sql_select_limit"
+        assert len(a.rows("SELECT id FROM iso_three")) == 1, "A lost its sql_select_limit"
 
     return probe, check
 
@@ -413,11 +435,7 @@ class Defaults:
 DEFAULTS = Defaults()
 
 
-def _shapes(mariadb_ref: list[MariaDB]) -> list[Shape]:
-    def serializable() -> tuple[Probe, Probe]:
-        # The server is known only once the fixture ran; the probes look it up then.
-        return serializable_next(_LazyMariaDB(mariadb_ref))  # type: ignore[arg-type]
-
+def _shapes() -> list[Shape]:
     s: list[Shape] = []
 
     def add(id: str, setup: Sequence[Step] | Step, pc: tuple[Probe, Probe], leak: str, **kw: Any) -> None:
@@ -433,13 +451,14 @@ def _shapes(mariadb_ref: list[MariaDB]) -> list[Shape]:
     add("tmp_select_without_as", "CREATE TEMPORARY TABLE iso_t3 SELECT 7 AS id", temp_table("iso_t3", seven),
         "B reads iso_t3, made by CREATE TEMPORARY TABLE ... SELECT")
     add("tmp_or_replace", "CREATE OR REPLACE TEMPORARY TABLE iso_t4 (id INT) SELECT 7 AS id",
-        temp_table("iso_t4", seven), "B reads iso_t4, made by CREATE OR REPLACE TEMPORARY TABLE")
+        temp_table("iso_t4", seven), "B reads iso_t4, made by CREATE OR REPLACE TEMPORARY TABLE", mariadb_only=True)
     add("tmp_like", "CREATE TEMPORARY TABLE iso_t5 LIKE iso_plain", temp_table("iso_t5", []),
         "B reads iso_t5, made by CREATE TEMPORARY TABLE ... LIKE")
     add("tmp_executable_comment", "/*!CREATE*/ TEMPORARY TABLE iso_t6 SELECT 7 AS id", temp_table("iso_t6", seven),
         "B reads iso_t6, whose CREATE sits in a /*! */ comment")
     add("tmp_mariadb_comment", "/*M!100000 CREATE TEMPORARY TABLE iso_t7 SELECT 7 AS id */",
-        temp_table("iso_t7", seven), "B reads iso_t7, created inside a /*M! */ comment")
+        temp_table("iso_t7", seven), "B reads iso_t7, created inside a /*M! */ comment",
+        mariadb_only=True)
     add("tmp_odd_case_comments", "cReAtE/**/temporary/* x */TABLE\n\tiso_t8 (id int) sElEcT 7 AS id",
         temp_table("iso_t8", seven), "B reads iso_t8, made by a CREATE spelled with odd case and comments")
     add("tmp_70kb_prefix", f"/* {PAD} */ CREATE TEMPORARY TABLE iso_t9 SELECT 7 AS id", temp_table("iso_t9", seven),
@@ -568,7 +587,7 @@ def _shapes(mariadb_ref: list[MariaDB]) -> list[Shape]:
         "B's next transaction is read-only (1792): A's SET TRANSACTION reached B")
     add("set_transaction_comment", "SET /**/ TRANSACTION READ ONLY", read_only_transaction(started=False),
         "B's next transaction is read-only (SET /**/ TRANSACTION)")
-    add("set_transaction_isolation", "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", serializable(),
+    add("set_transaction_isolation", "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", serializable_next(),
         "B's next transaction is SERIALIZABLE (its read blocks root's UPDATE)")
 
     # ---- replayable session variables: B is served, with its own defaults; A keeps its values
@@ -589,22 +608,14 @@ def _shapes(mariadb_ref: list[MariaDB]) -> list[Shape]:
 
 
 def _begin_only_check(a: Client) -> None:
-    assert a.value("SELECT @@in_transaction") == 1, "A's transaction is gone"
+    assert in_transaction(a), "A's transaction is gone"
     a.rows("ROLLBACK")
 
 
-class _LazyMariaDB:
-    """The session's server, looked up when a probe runs (shapes are built at collection time)."""
-
-    def __init__(self, ref: list[MariaDB]) -> None:
-        self._ref = ref
-
-    def sql(self, stmt: str, args: Any = None) -> Any:
-        return self._ref[0].sql(stmt, args)
-
-
-_SERVER: list[MariaDB] = []
-SHAPES = _shapes(_SERVER)
+SHAPES = _shapes()
+# MySQL reads /*M! */ as a plain comment and has no CREATE OR REPLACE: those shapes are MariaDB's own.
+PARAMS = [pytest.param(s, id=s.id, marks=pytest.mark.skipif(s.mariadb_only and SERVER.mysql, reason="MariaDB syntax"))
+          for s in SHAPES]
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -629,14 +640,14 @@ def iso_server(mariadb: MariaDB) -> Iterator[MariaDB]:
     """An account of its own (FLUSH TABLES WITH READ LOCK needs RELOAD), its tables and routines."""
     mariadb.create_user(USER, PASSWORD, APP_DB)
     mariadb.sql("GRANT RELOAD ON *.* TO %s@'%%'", (USER,))
-    for stmt in (
-        "CREATE OR REPLACE TABLE appdb.iso_plain (id INT PRIMARY KEY)",
-        "INSERT INTO appdb.iso_plain VALUES (1)",
-        "CREATE OR REPLACE TABLE appdb.iso_locked (id INT PRIMARY KEY)",
-        "CREATE OR REPLACE TABLE appdb.iso_scratch (id INT AUTO_INCREMENT PRIMARY KEY, who VARCHAR(8))",
-        "CREATE OR REPLACE TABLE appdb.iso_tx (id INT PRIMARY KEY, n INT NOT NULL DEFAULT 0)",
-    ):
-        mariadb.sql(stmt)
+    for name, columns in (("iso_plain", "id INT PRIMARY KEY"), ("iso_three", "id INT PRIMARY KEY"),
+                          ("iso_locked", "id INT PRIMARY KEY"),
+                          ("iso_scratch", "id INT AUTO_INCREMENT PRIMARY KEY, who VARCHAR(8)"),
+                          ("iso_tx", "id INT PRIMARY KEY, n INT NOT NULL DEFAULT 0")):
+        mariadb.sql(f"DROP TABLE IF EXISTS appdb.{name}")
+        mariadb.sql(f"CREATE TABLE appdb.{name} ({columns})")
+    mariadb.sql("INSERT INTO appdb.iso_plain VALUES (1)")
+    mariadb.sql("INSERT INTO appdb.iso_three VALUES (1), (2), (3)")
     for name, stmt in _ROUTINES.items():
         mariadb.sql(f"DROP PROCEDURE IF EXISTS appdb.{name}")
         mariadb.sql(stmt)
@@ -691,7 +702,7 @@ def _outcome(step: Probe, client: Client) -> tuple[str, str]:
     return "ok", ""
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=[s.id for s in SHAPES])
+@pytest.mark.parametrize("shape", PARAMS)
 def test_b_never_sees_a_state(shape: Shape, iso_server: MariaDB, iso_proxy: ProxyProcess) -> None:
     at = (iso_proxy.host, iso_proxy.port)
     a = Client(*at, binary=shape.binary, multi=shape.multi)
@@ -713,7 +724,7 @@ def test_b_never_sees_a_state(shape: Shape, iso_server: MariaDB, iso_proxy: Prox
     assert kept == "ok", f"A lost its own state ({kept}: {detail})"
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=[s.id for s in SHAPES])
+@pytest.mark.parametrize("shape", PARAMS)
 def test_probe_can_fail(shape: Shape, iso_server: MariaDB) -> None:
     """On the server directly: each probe fails on the session holding the state and passes on another
     one, and each check passes on the session holding it. A probe that cannot fail proves nothing."""
