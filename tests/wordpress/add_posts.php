@@ -25,6 +25,9 @@ for ($i = 1; $i <= (int) $count; $i++) {
         'post_content' => "<!-- wp:paragraph --><p>Post $i: a shared-hosting site behind a connection pooler. "
             . str_repeat("Every page view runs a few dozen statements. ", 20) . "</p><!-- /wp:paragraph -->",
         'post_status' => 'publish',
+        // A minute apart, oldest first: lists ordered by date alone (home, feed, recent posts) have
+        // one order, whichever link or session runs the query.
+        'post_date' => wp_date('Y-m-d H:i:s', time() - 60 * ((int) $count + 1 - $i)),
         'post_author' => 1,
         'post_category' => [$term['term_id']],
         'tags_input' => ['proxy', "tag-$i"],
