@@ -297,7 +297,10 @@ def one_link_proxy(proxy_factory: ProxyFactory) -> Iterator[ProxyProcess]:
 def test_malformed_execute_gets_error_or_close_never_holds_the_link(mariadb, one_link_proxy: ProxyProcess,
                                                                     name: str) -> None:
     """What the server refuses (MariaDB 10.11: 1835 or 1210 for all but value_longer_than_packet, which it
-    reads and answers), the proxy refuses too, with an error or a close; never a hang holding the link."""
+    reads and answers), the proxy refuses too, with an error or a close; never a hang holding the link.
+
+    The client stays connected and idle afterwards: whatever the proxy keeps for it (a server error's
+    diagnostics, say), the pool's only link must still reach the next client."""
     server_did = "answered"  # MySQL 9 has no mysql_native_password for this raw client: no refusal demanded
     if not SERVER.mysql:
         direct, server_did = _send_execute(mariadb, MALFORMED[name])
