@@ -579,5 +579,6 @@ async def reset_link(link: BackendLink) -> None:
     await link.exchange([(Command.RESET_CONNECTION, b"")])
     link.prepared.clear()  # the reset closed them
     schema = link.state.schema
-    link.state = LinkState(schema=schema)
+    # The multi-statements option (COM_SET_OPTION) outlives COM_RESET_CONNECTION.
+    link.state = LinkState(schema=schema, multi_statements=link.state.multi_statements)
     await _setup(link)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .backend import CHARSET_FACTS, BackendLink, LinkLost, charset_values, clear_schema, reset_link
+from .compressed import ClientCompression
 from .config import Config
 from .login import Accepted, Login, Refused, Send, StartTls, Step
 from .mysql.constants import KIND_CAPS, SERVER_VERSION, Cap, Command, Err, Status
@@ -329,6 +330,10 @@ class ClientConnection(asyncio.Protocol):
             return
         log.debug("client %d (%s) logged in as %s", self.proxy_id, self.peer, login.user)
         self._write(frame(build_ok(OK(status=Status.AUTOCOMMIT), login.caps), seq))
+        if login.caps & Cap.COMPRESS and type(self.transport) is not ClientCompression:
+            # Everything after the login's OK is compressed, a COM_CHANGE_USER's answers too.
+            assert self.transport is not None
+            self.transport = ClientCompression(self.transport, self)
         self._done()
 
     # -- the command loop ---------------------------------------------------------------
@@ -390,6 +395,10 @@ class ClientConnection(asyncio.Protocol):
         link = self.link
         if link is not None:
             self._fresh_link = False
+            if link.state.multi_statements != session.state.multi_statements:
+                # COM_SET_OPTION is answered here: a link the session keeps learns it before the statement.
+                self.server.spawn(self._replay_and_send(link, False))
+                return
             self._send(link)
             return
         link = self._follow_up_link() if follow_up else None
@@ -802,7 +811,9 @@ class ClientConnection(asyncio.Protocol):
         if link is not None:
             await self._reset_and_release(link)
 
-    async def _reset_session(self, seq: int) -> None:
+    async def _reset_session(self, seq: int, refused: Refused | None = None) -> None:
+        """COM_RESET_CONNECTION, or a COM_CHANGE_USER with a wrong password (``refused``), which the
+        server answers with the error while it keeps the connection as before, its session reset."""
         session = self.session
         assert session is not None
         await self._drop_link_state()
@@ -812,16 +823,26 @@ class ClientConnection(asyncio.Protocol):
         session.state.variables.update(self.upstream.charset_variables(self._login.collation))
         session.forget_link_state()
         session.statements.clear()
-        self._write(frame(build_ok(OK(status=Status.AUTOCOMMIT), session.client_caps), seq + 1))
+        if refused is not None:
+            self.send_error(refused.code, refused.message, refused.seq)
+        else:
+            self._write(frame(build_ok(OK(status=Status.AUTOCOMMIT), session.client_caps), seq + 1))
         self._done()
 
     async def _change_user(self, seq: int, payload: bytes) -> None:
         """COM_CHANGE_USER: authenticate again, then start a fresh session."""
-        assert self._login is not None
+        login = self._login
+        assert login is not None
+        before = (login.user, login.database, login.collation)
         try:
-            step = self._login.change_user(seq, payload)
+            step = login.change_user(seq, payload)
         except ProtocolError:
             self._fatal(Err.HANDSHAKE, "Bad COM_CHANGE_USER packet", seq + 1)
+            return
+        if type(step) is Refused and self.session is not None:
+            log.warning("client %d (%s): COM_CHANGE_USER to '%s' refused", self.proxy_id, self.peer, login.user)
+            login.user, login.database, login.collation = before
+            await self._reset_session(seq, step)
             return
         await self._drop_link_state()
         self.session = None
@@ -850,9 +871,10 @@ class ClientConnection(asyncio.Protocol):
         return True
 
     async def kill_connection(self) -> None:
-        """Another client killed this one (KILL <our proxy id>)."""
+        """Another client killed this one (KILL <our proxy id>): closed without a word, as the server does."""
+        self._phase = _CLOSED
         if self.transport is not None:
-            self._fatal(Err.CONNECTION_KILLED, "Connection was killed", seq=0)
+            self.transport.close()
 
     # -- janitor hooks ------------------------------------------------------------------------
 

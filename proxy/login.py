@@ -56,13 +56,15 @@ Step = Send | Accepted | Refused | StartTls
 
 
 def offered_caps(server_caps: int) -> int:
-    """What the greeting offers: SERVER_CAPS, and MariaDB's metadata caching when the server has it.
+    """What the greeting offers: SERVER_CAPS, and MariaDB's metadata caching and extended
+    metadata when the server has them (links are opened with them per client, KIND_CAPS).
 
     Like a MariaDB server, the greeting then leaves out CLIENT_MYSQL: that is how a client
     learns to read (and send) the extended capabilities.
     """
-    if server_caps & Cap.MARIADB_CACHE_METADATA:
-        return (SERVER_CAPS & ~Cap.CLIENT_MYSQL) | Cap.MARIADB_CACHE_METADATA
+    extended = server_caps & (Cap.MARIADB_CACHE_METADATA | Cap.MARIADB_EXTENDED_METADATA)
+    if extended:
+        return (SERVER_CAPS & ~Cap.CLIENT_MYSQL) | extended
     return SERVER_CAPS
 
 _ANSWER, _SWITCHED, _OVER = range(3)

@@ -169,6 +169,13 @@ class ClientTls(asyncio.Protocol, asyncio.Transport):
     def writelines(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
         self.write(b"".join(chunks))
 
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        # A layer above takes the plain bytes from here on (ClientCompression).
+        self._app = protocol  # type: ignore[assignment]
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._app
+
     def is_closing(self) -> bool:
         return self._raw.is_closing()
 

@@ -69,7 +69,7 @@ def test_native_login_is_accepted_with_what_the_client_said() -> None:
     lg = login()
     step = lg.receive(1, response(lg))
     assert step == Accepted(USER, "appdb", 33, CLIENT_CAPS & SERVER_CAPS, b"", 2)
-    assert not step.caps & Cap.COMPRESS  # never offered, so never granted
+    assert step.caps & Cap.COMPRESS  # offered (proxy/compressed.py), so granted to a client that asks
 
 
 def test_caching_sha2_fast_path_sends_fast_auth_ok_before_the_ok() -> None:

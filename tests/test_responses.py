@@ -205,21 +205,27 @@ async def test_ok_reencoded_for_client_without_session_track(link: BackendLink) 
     pk = await capture(link, Command.QUERY, b"UPDATE resp_upd SET a = a + 1")
     info = b"Rows matched: 2  Changed: 2  Warnings: 0"
     assert parse_ok(pk[0], Cap.SESSION_TRACK).info == info
-    tr = ResponseTracker(client_caps=0)
-    tr.start(Command.QUERY)
-    event, replacement = tr.feed(len(pk[0]), memoryview(pk[0]))
-    assert event == DONE and replacement is not None
-    # Same counts, status and warnings; the info as string<EOF> instead of lenenc.
-    assert replacement == b"\x00\x02\x00" + pk[0][3:7] + info
-    # A client with SESSION_TRACK gets the server's bytes untouched.
-    tr = ResponseTracker(client_caps=Cap.SESSION_TRACK)
-    tr.start(Command.QUERY)
-    assert tr.feed(len(pk[0]), memoryview(pk[0])) == (DONE, None)
-    # A state-change OK loses its block; a plain OK needs no rewrite.
+    # The info is length-encoded for every client (tests/test_ok_bytes.py): an OK without a
+    # state block passes untouched, with or without SESSION_TRACK.
+    for caps in (0, Cap.SESSION_TRACK):
+        tr = ResponseTracker(client_caps=caps)
+        tr.start(Command.QUERY)
+        assert tr.feed(len(pk[0]), memoryview(pk[0])) == (DONE, None)
+    # A state-change OK loses its block for a client without SESSION_TRACK; one with it keeps only
+    # what default trackers report (time_zone, not the link's state-change entry).
     pk = await capture(link, Command.QUERY, b"SET time_zone='+03:00'")
     tr = ResponseTracker(client_caps=0)
     tr.start(Command.QUERY)
     assert tr.feed(len(pk[0]), memoryview(pk[0])) == (DONE, b"\x00\x00\x00\x02\x00\x00\x00")
+    tr = ResponseTracker(client_caps=Cap.SESSION_TRACK)
+    tr.start(Command.QUERY)
+    event, replacement = tr.feed(len(pk[0]), memoryview(pk[0]))
+    assert event == DONE and replacement is not None
+    ok = parse_ok(replacement, Cap.SESSION_TRACK)
+    assert ok.status & Status.SESSION_STATE_CHANGED
+    changes = parse_session_state(ok.session_state)
+    assert changes.variables == [("time_zone", "+03:00")] and not changes.state_changed
+    assert parse_session_state(tr.state_blocks[0]).state_changed  # the proxy itself still saw it all
     pk = await capture(link, Command.QUERY, b"DO 1")
     tr.start(Command.QUERY)
     assert tr.feed(len(pk[0]), memoryview(pk[0])) == (DONE, None)

@@ -44,18 +44,21 @@ class Cap:
     # greeting lacks CLIENT_MYSQL (bit 0, LONG_PASSWORD). Kept in bits 32-63 of the same
     # int, as MariaDB Connector/C numbers them.
     CLIENT_MYSQL = LONG_PASSWORD
+    MARIADB_EXTENDED_METADATA = 1 << 35  # column definitions name MariaDB's own types (json, uuid, inet6 ...)
     MARIADB_CACHE_METADATA = 1 << 36  # COM_STMT_EXECUTE result sets skip unchanged column definitions
 
 
 # What the proxy speaks with clients: nothing it would have to translate
-# (no COMPRESS, DEPRECATE_EOF, QUERY_ATTRIBUTES, SSL yet). FOUND_ROWS,
-# MULTI_STATEMENTS, LOCAL_FILES and SESSION_TRACK are per client and honoured.
+# (no DEPRECATE_EOF, QUERY_ATTRIBUTES; SSL is added when configured). FOUND_ROWS,
+# MULTI_STATEMENTS, LOCAL_FILES and SESSION_TRACK are per client and honoured;
+# COMPRESS is the client side's own framing (proxy/compressed.py), links stay uncompressed.
 SERVER_CAPS = (
     Cap.LONG_PASSWORD
     | Cap.FOUND_ROWS
     | Cap.LONG_FLAG
     | Cap.CONNECT_WITH_DB
     | Cap.NO_SCHEMA
+    | Cap.COMPRESS
     | Cap.LOCAL_FILES
     | Cap.IGNORE_SPACE
     | Cap.PROTOCOL_41
@@ -92,7 +95,7 @@ BACKEND_CAPS = (
 
 # Client capabilities that change what the server sends: a link is opened with the
 # client's own, and the pool keeps links apart by them (a link's ``kind``).
-KIND_CAPS = Cap.FOUND_ROWS | Cap.MARIADB_CACHE_METADATA
+KIND_CAPS = Cap.FOUND_ROWS | Cap.MARIADB_CACHE_METADATA | Cap.MARIADB_EXTENDED_METADATA
 
 
 class Status:

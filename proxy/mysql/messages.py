@@ -338,6 +338,43 @@ def strip_session_track(p: bytes | memoryview) -> bytes:
     return build_ok(ok, 0)
 
 
+# What the trackers report to a session with the server's default settings (MariaDB 10.2+ and
+# MySQL 5.7+ alike): the schema and these variables; no state-change flag, GTIDs or transaction info.
+DEFAULT_TRACKED_VARIABLES = frozenset(
+    {b"autocommit", b"character_set_client", b"character_set_connection", b"character_set_results", b"time_zone"}
+)
+
+
+def default_session_state(block: bytes) -> bytes:
+    """The entries of a session-state block that a session with default tracker settings gets."""
+    out = []
+    pos = 0
+    while pos < len(block):
+        start = pos
+        kind = block[pos]
+        data, pos = read_lenenc_str(block, pos + 1)
+        if kind == SessionTrack.SCHEMA:
+            out.append(block[start:pos])
+        elif kind == SessionTrack.SYSTEM_VARIABLES:
+            name, _ = read_lenenc_str(data, 0)
+            if name.lower() in DEFAULT_TRACKED_VARIABLES:
+                out.append(block[start:pos])
+    return b"".join(out)
+
+
+def session_track_for_client(ok: OK) -> bytes | None:
+    """An OK received on a link (which tracks everything, for the proxy) re-encoded for a client
+    with SESSION_TRACK: only the entries its own session would get, and no SESSION_STATE_CHANGED
+    flag when none is left. None when the packet is that already."""
+    block = default_session_state(ok.session_state)
+    if block == ok.session_state:
+        return None
+    ok.session_state = block
+    if not block:
+        ok.status &= ~Status.SESSION_STATE_CHANGED
+    return build_ok(ok, Cap.SESSION_TRACK)
+
+
 @dataclass
 class SessionChanges:
     """What one OK packet's session-state block says changed."""
@@ -434,7 +471,9 @@ UTF8_GENERAL_CI = 33
 BINARY_COLLATION = 63
 
 
-def build_column_def(name: str, numeric: bool = False) -> bytes:
+def build_column_def(name: str, numeric: bool = False, extended: bool = False) -> bytes:
+    """``extended``: for a client with MariaDB's extended metadata, which then reads a (here
+    empty) block of type information after the names."""
     encoded = name.encode()
     return b"".join(
         (
@@ -444,6 +483,7 @@ def build_column_def(name: str, numeric: bool = False) -> bytes:
             lenenc_str(b""),
             lenenc_str(encoded),
             lenenc_str(encoded),
+            b"\x00" if extended else b"",
             b"\x0c",
             struct.pack("<HIBHB", BINARY_COLLATION if numeric else UTF8_GENERAL_CI, 21 if numeric else 1024,
                         FIELD_TYPE_LONGLONG if numeric else FIELD_TYPE_VAR_STRING, 0x81 if numeric else 0, 0),
@@ -462,7 +502,8 @@ def build_result_set(columns: list[str], rows: list[list[object]], status: int, 
     numeric = numeric or set()
     # With MariaDB's metadata caching the column count says whether definitions follow: they do.
     out = [lenenc_int(len(columns)) + (b"\x01" if caps & Cap.MARIADB_CACHE_METADATA else b"")]
-    out += [build_column_def(c, c in numeric) for c in columns]
+    extended = bool(caps & Cap.MARIADB_EXTENDED_METADATA)
+    out += [build_column_def(c, c in numeric, extended) for c in columns]
     out.append(build_eof(status))
     out += [build_text_row(r) for r in rows]
     out.append(build_eof(status))

@@ -14,7 +14,15 @@ import struct
 from dataclasses import dataclass, field
 
 from .constants import Cap, Command, Status
-from .messages import ERR_HEADER, LOCAL_INFILE_HEADER, OK_HEADER, parse_ok, read_lenenc_int, strip_session_track
+from .messages import (
+    ERR_HEADER,
+    LOCAL_INFILE_HEADER,
+    OK_HEADER,
+    parse_ok,
+    read_lenenc_int,
+    session_track_for_client,
+    strip_session_track,
+)
 from .packets import SKIM, Buffer, ProtocolError
 from .stmt import prepare_ok_with_id
 
@@ -250,9 +258,13 @@ class ResponseTracker:
                 self.unexplained_change = True
         replacement = None
         # A client without SESSION_TRACK gets the same bytes less the state block and its flag
-        # (the info text is length-encoded either way, so an OK without a block passes as it is).
-        if ok.status & Status.SESSION_STATE_CHANGED and not self.client_caps & Cap.SESSION_TRACK:
-            replacement = strip_session_track(p)
+        # (the info text is length-encoded either way, so an OK without a block passes as it is);
+        # one with it gets what its own session's default trackers would say.
+        if ok.status & Status.SESSION_STATE_CHANGED:
+            if self.client_caps & Cap.SESSION_TRACK:
+                replacement = session_track_for_client(ok)
+            else:
+                replacement = strip_session_track(p)
         if ok.status & Status.MORE_RESULTS_EXISTS:
             self.state = _FIRST
             return MORE, replacement
