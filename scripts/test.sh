@@ -77,6 +77,27 @@ else
     say "WordPress and PHP present"
 fi
 
+# tests/test_clients_*.py run real PHP, node and Go clients (tests/clients/): PHP's mysqli and
+# PDO_mysql, Go with Debian's go-sql-driver/mysql (built offline, GOPATH mode), node with mysql2
+# from npm in tests/clients/node/node_modules (npm ci: the version package-lock.json pins).
+clients_missing() {
+    command -v php8.2 >/dev/null 2>&1 && php8.2 -m 2>/dev/null | grep -x pdo_mysql >/dev/null || echo php8.2-cli php8.2-mysql
+    command -v go >/dev/null 2>&1 || echo golang-go
+    [ -f /usr/share/gocode/src/github.com/go-sql-driver/mysql/driver.go ] || echo golang-github-go-sql-driver-mysql-dev
+    command -v node >/dev/null 2>&1 || echo nodejs
+    command -v npm >/dev/null 2>&1 || echo npm
+}
+read -r -a CLIENTS <<<"$(clients_missing | tr '\n' ' ')"
+if [ "${#CLIENTS[@]}" -gt 0 ]; then
+    apt_install "${CLIENTS[@]}"
+else
+    say "PHP, Go and node clients present"
+fi
+if [ ! -f tests/clients/node/node_modules/mysql2/package.json ]; then
+    say "installing mysql2 with npm into tests/clients/node/node_modules"
+    (cd tests/clients/node && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
 # An interpreter new enough for the project (requires-python >= 3.11). The distribution's own
 # comes first: Debian and Ubuntu build CPython with profile-guided and link-time optimization,
 # while a pyenv or source build without --enable-optimizations --with-lto runs the proxy's hot
