@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 from .mysql.constants import MULTI_STATEMENTS_OFF, MULTI_STATEMENTS_ON, Cap, Command, Status
 from .mysql.messages import parse_session_state
 from .mysql.responses import ResponseTracker
-from .sql import Classified, Kind
+from .sql import PINNING, Classified, Kind
 from .variables import NEVER_REPLAYED
 
 log = logging.getLogger("proxy.session")
@@ -58,7 +59,7 @@ TRACKING_SETUP_VALUES = {
 }
 
 # Pin reasons. A reason names what the session holds; it ends as noted.
-PIN_TRANSACTION = "transaction"  # until the server reports no open transaction
+PIN_TRANSACTION = "transaction"  # until the server reports no open transaction (with autocommit off: until COMMIT / ROLLBACK)
 PIN_TABLE_LOCK = "LOCK TABLES"  # until UNLOCK TABLES
 PIN_NAMED_LOCK = "GET_LOCK"  # until every lock taken is released
 PIN_SQL_PREPARE = "SQL PREPARE"  # until every named statement is deallocated
@@ -66,9 +67,13 @@ PIN_XA = "XA transaction"
 PIN_HANDLER = "HANDLER"  # until the client leaves
 PIN_CURSOR = "open cursor"
 PIN_LONG_DATA = "COM_STMT_SEND_LONG_DATA"  # until the statement is executed or reset
-PIN_STATE = "untracked session state"  # user variables, temporary tables ...: until the client leaves
+PIN_STATE = "untracked session state"  # user variables, temporary tables, routines ...: until the client leaves
 PIN_NEXT_STATEMENT = "diagnostics of the last statement"  # warnings, errors, FOUND_ROWS: until a statement that is not a question about them
 PIN_NEXT_TRANSACTION = "SET TRANSACTION"  # characteristics of the next transaction
+
+
+# IN_TRANS and AUTOCOMMIT of a status: only AUTOCOMMIT set means no transaction can be open.
+_TRANSACTION_FLAGS = Status.IN_TRANS | Status.AUTOCOMMIT
 
 
 @dataclass
@@ -148,6 +153,7 @@ class PreparedStatement:
     num_params: int
     num_columns: int
     param_types: bytes | None = None  # from the last execute that bound them
+    classified: Classified | None = None  # what its text may leave behind (None: nothing)
     # The column definitions the client last received for it (MariaDB's metadata caching: an
     # execute whose server leaves them out is decoded with these).
     columns: tuple[bytes, ...] = ()
@@ -162,8 +168,20 @@ class Session:
     client_caps: int
     state: LinkState
     pins: dict[str, float] = field(default_factory=dict)  # reason -> since (monotonic)
-    named_locks: int = 0
-    sql_prepared: set[str] = field(default_factory=set)
+    # Named locks held, by name; None counts locks whose name the lexer could not read (only
+    # RELEASE_ALL_LOCKS() provably ends those).
+    named_locks: Counter[bytes | None] = field(default_factory=Counter)
+    # SQL-level prepared statements by name, with what their text does (None: unknown text).
+    sql_prepared: dict[str, Classified | None] = field(default_factory=dict)
+    # The server's status said autocommit is off after the last statement: every statement then
+    # opens a transaction (the status's IN_TRANS may not say so: SAVEPOINT before any table).
+    autocommit_off: bool = False
+    # The link of an open transaction was lost: nothing of it committed. Every statement fails
+    # until the client sends ROLLBACK (as the server would refuse to go on with half of it).
+    transaction_lost: str = ""  # why ("" while nothing was lost)
+    # The session's sql_mode lets backslashes escape in strings; None: the server's default
+    # (Upstream.backslash_escapes). The lexer reads '\'' by it.
+    backslash_escapes: bool | None = None
     statements: dict[int, PreparedStatement] = field(default_factory=dict)
     last_statement_id: int = 0
     # The statement a MariaDB client means by id -1 (0xFFFFFFFF): the last one prepared, unless a
@@ -203,7 +221,8 @@ class Session:
         LAST_INSERT_ID(expr) set inside a result set.
         """
         status = response.status if response.status_known else None
-        if (stmt is None and not self.pins and status is not None and not status & Status.IN_TRANS
+        if (stmt is None and not self.pins and status is not None
+                and status & _TRANSACTION_FLAGS == Status.AUTOCOMMIT and not self.autocommit_off
                 and not response.state_blocks and not response.unexplained_change and not response.warnings
                 and not response.error_code and not response.insert_id and not response.cursor_open
                 and (command == Command.QUERY or command == Command.STMT_EXECUTE)):
@@ -226,6 +245,8 @@ class Session:
                 if TRACKING_SETUP_VALUES.get(name) == value or name in NEVER_REPLAYED:
                     continue
                 link.variables[name] = value
+                if name == "sql_mode":
+                    self.backslash_escapes = "NO_BACKSLASH_ESCAPES" not in value.upper()
                 if name in NOT_REPLAYABLE:
                     self.pin(PIN_STATE)
                 else:
@@ -247,14 +268,17 @@ class Session:
 
         if status is None:
             pass  # the answer carried no status flags (COM_STMT_PREPARE): the transaction state stands
-        elif status & Status.IN_TRANS:
-            self.pin(PIN_TRANSACTION)
         else:
-            self.unpin(PIN_TRANSACTION)
-            if PIN_NEXT_TRANSACTION in self.pins and not (stmt and Kind.SET_TRANSACTION in stmt.kind):
-                self.unpin(PIN_NEXT_TRANSACTION)
-        if command == Command.QUERY and stmt is not None and not error_code:
-            self._statement_pins(stmt)
+            was_off, self.autocommit_off = self.autocommit_off, not status & Status.AUTOCOMMIT
+            ended = stmt is not None and Kind.TRANSACTION_END in stmt.kind and ok
+            if status & Status.IN_TRANS or (was_off and self.autocommit_off and not ended):
+                self.pin(PIN_TRANSACTION)
+            else:
+                self.unpin(PIN_TRANSACTION)
+                if PIN_NEXT_TRANSACTION in self.pins and not (stmt and Kind.SET_TRANSACTION in stmt.kind):
+                    self.unpin(PIN_NEXT_TRANSACTION)
+        if stmt is not None and (command == Command.QUERY or command == Command.STMT_EXECUTE):
+            self._statement_pins(stmt, ok)
         if cursor_open:
             self.pin(PIN_CURSOR)
         elif command in (Command.STMT_FETCH, Command.STMT_EXECUTE, Command.STMT_RESET):
@@ -264,46 +288,64 @@ class Session:
             self.pin(PIN_NEXT_STATEMENT)
         return charset_changed
 
-    def _statement_pins(self, stmt: Classified) -> None:
+    def _statement_pins(self, stmt: Classified, ok: bool) -> None:
+        """Pins the statement's text calls for. A failed statement may still have left what it
+        took (a multi-statement runs up to its failing part), but it released nothing."""
         k = stmt.kind
-        if Kind.LOCK_TABLES in k:
-            self.pin(PIN_TABLE_LOCK)
-        if Kind.UNLOCK_TABLES in k:
-            self.unpin(PIN_TABLE_LOCK)
-        if Kind.GET_LOCK in k:
-            self.named_locks += 1
+        if k & PINNING:
+            if Kind.LOCK_TABLES in k:
+                self.pin(PIN_TABLE_LOCK)
+            if Kind.GET_LOCK in k:
+                self.named_locks.update(stmt.locks_taken)
+            if Kind.PREPARE in k:
+                self.sql_prepared.update(stmt.prepared)
+            if Kind.SET_TRANSACTION in k:
+                self.pin(PIN_NEXT_TRANSACTION)
+            if Kind.XA_START in k:
+                self.pin(PIN_XA)
+            if Kind.HANDLER_OPEN in k:
+                self.pin(PIN_HANDLER)
+            if k & (Kind.TEMPORARY_TABLE | Kind.USER_VARIABLE_ASSIGNED | Kind.UNCERTAIN):
+                # Temporary tables, SELECT ... INTO @v, @v := ..., routines, EXECUTE, forms the
+                # lexer cannot read: nothing the proxy can see ends them.
+                self.pin(PIN_STATE)
+        if ok:
+            if Kind.UNLOCK_TABLES in k:
+                self.unpin(PIN_TABLE_LOCK)
+            if Kind.RELEASE_LOCK in k:
+                for name in stmt.locks_released:
+                    if name is not None and self.named_locks[name] > 0:
+                        self.named_locks[name] -= 1
+                self.named_locks = +self.named_locks  # drop names at zero
+            if Kind.RELEASE_ALL_LOCKS in k:
+                self.named_locks.clear()
+            if Kind.DEALLOCATE in k:
+                for name in stmt.deallocated:
+                    self.sql_prepared.pop(name, None)
+            if Kind.XA_END in k:
+                self.unpin(PIN_XA)
+        if Kind.EXECUTE in k:
+            for name in stmt.executed:
+                prepared = self.sql_prepared.get(name)
+                if prepared is None:
+                    self.pin(PIN_STATE)  # text unknown (PREPARE ... FROM @var): it may do anything
+                elif prepared.kind:
+                    self._statement_pins(prepared, ok)
+        if self.named_locks:
             self.pin(PIN_NAMED_LOCK)
-        if Kind.RELEASE_LOCK in k:
-            self.named_locks = max(0, self.named_locks - 1)
-        if Kind.RELEASE_ALL_LOCKS in k:
-            self.named_locks = 0
-        if not self.named_locks:
+        else:
             self.unpin(PIN_NAMED_LOCK)
-        if Kind.PREPARE in k:
-            self.sql_prepared.update(stmt.names)
-        if Kind.DEALLOCATE in k:
-            self.sql_prepared.difference_update(stmt.names)
         if self.sql_prepared:
             self.pin(PIN_SQL_PREPARE)
         else:
             self.unpin(PIN_SQL_PREPARE)
-        if Kind.SET_TRANSACTION in k:
-            self.pin(PIN_NEXT_TRANSACTION)
-        if Kind.XA_START in k:
-            self.pin(PIN_XA)
-        if Kind.XA_END in k:
-            self.unpin(PIN_XA)
-        if Kind.HANDLER_OPEN in k:
-            self.pin(PIN_HANDLER)
-        if Kind.USER_VARIABLE_ASSIGNED in k:
-            # The server reports SET @v only; SELECT ... INTO @v, @v := ... and CALL p(@v) say nothing.
-            self.pin(PIN_STATE)
 
     def forget_link_state(self) -> None:
         """The link holding this session's state is gone (reset, died): so is that state."""
         self.pins.clear()
-        self.named_locks = 0
+        self.named_locks.clear()
         self.sql_prepared.clear()
+        self.autocommit_off = self.state.variables.get("autocommit", "ON").upper() in ("OFF", "0")
 
     def set_multi_statements(self, on: bool) -> None:
         self.state.multi_statements = on

@@ -1,10 +1,29 @@
-"""A tiny statement classifier for what the server's session tracker does not report.
+"""The SQL lexer, and what a statement may leave behind on its link.
 
-The server tells us about variables, schema, transactions and "something else
-changed" (user variables, temporary tables). It says nothing about named locks,
-LOCK TABLES, SQL-level PREPARE, SQL_CALC_FOUND_ROWS or statements that ask about
-the previous one. One precompiled search decides whether a query needs a closer
-look at all; almost every query does not, and costs one regex scan.
+The server's session trackers report variables, the schema, the transaction and "something else
+changed". They say nothing of named locks, LOCK TABLES, SQL PREPARE, HANDLER, XA,
+SQL_CALC_FOUND_ROWS, user variables assigned inside a SELECT, or whatever a stored routine does.
+This module reads the whole statement, once, and says what it may leave. A link is shared only
+when both witnesses, the trackers and this lexer, say it is clean; whatever the lexer cannot read
+with certainty (an unknown statement, a stored function or procedure, an unterminated string or
+comment) pins.
+
+How, in time linear in the statement's length:
+
+1. ``_FAST``: most statements are one plain SELECT / INSERT / UPDATE / DELETE / REPLACE with no
+   quote, comment, parenthesis, '@' or ';'. One anchored regex proves it (its repeated group has
+   disjoint branches, so it cannot backtrack more than once per byte) and ``classify`` is done.
+2. Otherwise ``_code``: one pass over the text with ``_LEX``, an alternation whose branches each
+   consume a whole string literal, quoted identifier or comment (an unterminated one to the end of
+   the text). Out comes the *code*: each literal, quoted identifier and comment becomes one GAP
+   byte, and executable comments (``/*! */``, ``/*M! */``) open, since their text is code. Nothing
+   inside a literal or a comment can be mistaken for a keyword after that. It is one ``re.sub``
+   with a constant replacement, so it runs in C (a few milliseconds per MB).
+3. The code is split at ';' into statements, and each is classified by its leading keyword and by
+   the functions it calls. Only simple regexes without nested repetition run over the code.
+
+Backslashes: whether ``\\'`` ends a string depends on NO_BACKSLASH_ESCAPES, which the proxy may not
+know. A text with a backslash is read both ways; when the readings differ, the statement pins.
 """
 
 from __future__ import annotations
@@ -16,7 +35,7 @@ from enum import Flag, auto
 
 class Kind(Flag):
     NONE = 0
-    LOCK_TABLES = auto()  # LOCK TABLES, FLUSH TABLES ... WITH READ LOCK
+    LOCK_TABLES = auto()  # LOCK TABLES, FLUSH TABLES ... WITH READ LOCK / FOR EXPORT
     UNLOCK_TABLES = auto()
     GET_LOCK = auto()
     RELEASE_LOCK = auto()
@@ -35,103 +54,535 @@ class Kind(Flag):
     TEMPORARY_TABLE = auto()
     LOAD_LOCAL = auto()  # LOAD DATA / LOAD XML ... LOCAL INFILE
     SETS_LAST_INSERT_ID = auto()  # LAST_INSERT_ID(expr): the new value may only be in a result set
-    USER_VARIABLE_ASSIGNED = auto()  # @v := ..., INTO @v, CALL p(@v): no tracker reports these
+    USER_VARIABLE_ASSIGNED = auto()  # @v := ..., INTO @v, SET @v, CALL p(@v): pins whatever the tracker says
+    UNCERTAIN = auto()  # may leave state the proxy cannot see: a routine, EXECUTE, an unknown form
+    PROCESSLIST = auto()  # SHOW [FULL] PROCESSLIST: answered by the proxy with its own ids
+    TRANSACTION_END = auto()  # COMMIT / ROLLBACK (without AND CHAIN)
+    ROLLBACK = auto()  # a plain ROLLBACK: what a client sends after its transaction was lost
+    EXECUTE = auto()  # EXECUTE name: does what the text prepared under that name does
 
 
-@dataclass
+# Kinds that only ever add pins; a statement that failed may still have left them (a
+# multi-statement runs up to its failing statement). The others (UNLOCK, RELEASE, DEALLOCATE,
+# XA_END, TRANSACTION_END) count only when the whole statement succeeded.
+PINNING = (Kind.LOCK_TABLES | Kind.GET_LOCK | Kind.PREPARE | Kind.XA_START | Kind.HANDLER_OPEN
+           | Kind.TEMPORARY_TABLE | Kind.USER_VARIABLE_ASSIGNED | Kind.UNCERTAIN | Kind.SET_TRANSACTION)
+
+
+@dataclass(slots=True)
 class Classified:
     kind: Kind = Kind.NONE
-    names: list[str] = field(default_factory=list)  # PREPARE / DEALLOCATE statement names
-    kill_id: int | None = None
+    names: list[str] = field(default_factory=list)  # PREPARE / DEALLOCATE statement names, in order
+    deallocated: list[str] = field(default_factory=list)
+    executed: list[str] = field(default_factory=list)
+    # PREPARE name FROM '<text>': what the text does when executed; None when it is not one
+    # literal (FROM @var): its EXECUTE may do anything.
+    prepared: dict[str, Classified | None] = field(default_factory=dict)
+    kill_id: int | None = None  # KILL's id; None with Kind.KILL: a form the proxy does not translate
     kill_query_only: bool = False
+    # Named locks by name (a literal, lowercased); None: a name the lexer cannot know (an expression).
+    locks_taken: list[bytes | None] = field(default_factory=list)
+    locks_released: list[bytes | None] = field(default_factory=list)
+    statements: int = 0  # non-empty statements in the text
+    # Every statement only reads (SELECT / SHOW ... calling no function with an effect): safe to
+    # send again on another link when the first one died before answering.
+    read_only: bool = False
 
 
-# One scan finds whether anything is worth a closer look: a necessary condition for every
-# rule below (tests/test_sql_session.py checks that it never hides one). Each word is
-# found through one of its rarer letters (k, p, w, x, h, _, g, c, @), then look-arounds
-# check the rest: a pattern whose branches all start with a literal lets the regex engine
-# skip ahead to those letters in C instead of trying every word at every position
-# (3 to 4 times faster; the query text is scanned for every COM_QUERY).
-_TRIGGER = re.compile(
-    rb"@|k(?<=lock)|k(?=ill)|p(?=repare)|p(?<=temp)(?=orary)|w(?<=show)|w(?<=found_row)|x(?=a\b)"
-    rb"|h(?=andler)|_(?<=connection_)(?=id)|_(?<=row_)(?=count)|_(?<=insert_)(?=id)"
-    rb"|g(?<=diag)(?=nostics)|c(?<=transac)(?=tion)|c(?<=loc)(?=al)"
+# -- step 1: the fast path ---------------------------------------------------------------------
+
+# One plain DML statement: a plain leading keyword, and no quote, comment, '(' '@' ';' '\\' or '#'
+# anywhere. Each branch of _FAST_FORBIDDEN starts with a literal byte, so the regex engine skips
+# to candidates in C (about 1 ns a byte).
+_FAST_LEAD = re.compile(rb"\s*(?:select|insert|update|delete|replace)\s")
+_FAST_FORBIDDEN = re.compile(rb"'|\"|`|@|#|;|\\|\(|/\*|--")
+# Keywords that matter in such a statement though it has no parenthesis.
+_FAST_EXCEPT = (b"sql_calc_found_rows", b"value")
+
+
+# -- step 2: literals and comments out -----------------------------------------------------------
+
+# Where a literal, a quoted identifier, a comment or an executable comment's delimiter was, the
+# code has this byte: the rules below read it as whitespace (a literal between two keywords is a
+# syntax error, so reading it as a gap can only find more, never less) and as a name before '('.
+GAP = b"\x01"
+
+
+def _lexer(backslash_escapes: bool) -> re.Pattern[bytes]:
+    """Each branch consumes a whole token; unrolled loops (``[^']*(?:''[^']*)*``) keep it linear."""
+    if backslash_escapes:
+        single, double = rb"'[^'\\]*(?:(?:\\.|'')[^'\\]*)*'", rb'"[^"\\]*(?:(?:\\.|"")[^"\\]*)*"'
+    else:
+        single, double = rb"'[^']*(?:''[^']*)*'", rb'"[^"]*(?:""[^"]*)*"'
+    # A run of literals with only digits, commas, ')' and spaces between them (a row of a bulk
+    # INSERT) is one token: none of those bytes can make a keyword or a call, and a dump's
+    # megabyte of rows then costs a few thousand matches instead of a million.
+    more = rb"(?:[0-9,.)\s]*(?:%s|%s))*" % (single, double)
+    # Every branch starts with a literal byte, so the regex engine skips in C to the next
+    # quote, '/', '*', '-' or '#' instead of trying each branch at every position.
+    return re.compile(
+        single + more + b"|" + double + more
+        + rb"|`[^`]*(?:``[^`]*)*`"  # a quoted identifier
+        # Executable comments open and end (group 'code'): the text between is code.
+        + rb"|/(?P<code>\*(?:m?!|!m?)[0-9]*)|\*(?P<end>/)"
+        + rb"|/\*[^*]*(?:\*+[^*/][^*]*)*(?:\*+/|\**\Z)"  # a comment (an unterminated one: to the end)
+        + rb"|-(?=-[\x00-\x20]|-\Z)[^\n]*|\#[^\n]*",
+        re.S,
+    )
+
+
+_LEX = _lexer(True)
+_LEX_NO_ESCAPES = _lexer(False)
+_QUOTES = (b"'", b'"', b"`")
+
+
+def _code(lowered: bytes, lexer: re.Pattern[bytes]) -> tuple[bytes, bool]:
+    """The code of ``lowered``, and whether every literal and identifier was terminated.
+
+    One ``sub`` with a constant replacement: it runs in C, a few milliseconds per MB.
+    """
+    code = lexer.sub(GAP, lowered)
+    # A quote left over opened a literal that never ends: the server fails on it, or reads it
+    # otherwise than this lexer. Either way the text after it is read as code (more, not less).
+    return code, not any(q in code for q in _QUOTES)
+
+
+# -- step 3: statements -------------------------------------------------------------------------
+
+_LEAD = re.compile(rb"[\s\x01(]*([a-z_]+)")
+# Function calls, found in the code read backwards: a '(' (a rare byte, which the regex engine
+# skips to in C) and the name before it, with its qualifier. Forwards, the engine would try a
+# name at every letter. A GAP as the name is a quoted name, or a comment between a name and its
+# '(': unknown, so it pins. Keywords before a parenthesis are in _CALLABLE.
+# A qualifier's dot must follow the name (GAP there may be a quoted column: `t`.`c` IN (...)).
+_CALL_REVERSED = re.compile(rb"\(\s*(?:\x01|[\w$]+)(?:\s*\.)?")
+_NAME_START = frozenset(b"abcdefghijklmnopqrstuvwxyz_\x01")
+QUALIFIED = b"."  # the name _call_names gives a qualified call (db.f()): never a built-in
+
+
+def _call_names(code: bytes) -> set[bytes]:
+    """The names called in ``code`` (lowercased), each once."""
+    out = set()
+    for match in set(_CALL_REVERSED.findall(code[::-1])):  # whole matches: no tuple per call
+        if match.endswith(b"."):
+            out.add(QUALIFIED)
+            continue
+        name = match[1:].lstrip(b" \t\r\n\x0b\x0c")
+        if name[-1] in _NAME_START:  # "1(" is not a call
+            out.add(name[::-1])
+    return out
+
+
+# Where a statement's expressions start, for statements that also name tables and columns
+# before a parenthesis (INSERT INTO t (a, b), CREATE TABLE t (...)): after these words.
+_INSERT_EXPRESSIONS = re.compile(rb"\b(?:values?|select|set)\b")
+_DDL_EXPRESSIONS = re.compile(rb"\bselect\b")
+# LOAD DATA's SET clause, `SET col = expr` (not CHARACTER SET x).
+_LOAD_EXPRESSIONS = re.compile(rb"\bset[\s\x01]+(?:[\w$]+|\x01)(?:[\s\x01]*\.[\s\x01]*(?:[\w$]+|\x01))?[\s\x01]*=")
+# A common table expression's column list, `name (a, b) AS (`: not a call.
+_CTE_COLUMNS = re.compile(rb"(?:[a-z_][\w$]*|\x01)[\s\x01]*\([^()]*\)[\s\x01]*as[\s\x01]*\(")
+# Leads whose statements evaluate no expression the lexer must look into.
+_NO_EXPRESSIONS = frozenset(
+    b"drop rename truncate analyze optimize check checksum repair grant revoke help install uninstall purge reset "
+    b"change binlog cache savepoint release use start stop commit rollback begin flush xa lock unlock prepare "
+    b"deallocate kill shutdown restart backup".split()
 )
-# Statement-leading keywords: at the start, after a ';', or after leading comments.
-_LEAD = rb"(?:^|;)\s*(?:(?:/\*.*?\*/|--\s[^\n]*(?:\n|$)|#[^\n]*(?:\n|$))\s*)*"
-_RULES: list[tuple[Kind, re.Pattern[bytes]]] = [
-    (Kind.LOCK_TABLES, re.compile(_LEAD + rb"(?:lock\s+tables?\b|flush\s+tables?\b.*\bwith\s+read\s+lock)", re.S)),
-    (Kind.UNLOCK_TABLES, re.compile(_LEAD + rb"unlock\s+tables?\b", re.S)),
-    (Kind.GET_LOCK, re.compile(rb"\bget_lock\s*\(")),
-    (Kind.RELEASE_LOCK, re.compile(rb"\brelease_lock\s*\(")),
-    (Kind.RELEASE_ALL_LOCKS, re.compile(rb"\brelease_all_locks\s*\(")),
-    (Kind.CALC_FOUND_ROWS, re.compile(rb"\bsql_calc_found_rows\b")),
-    (Kind.XA_START, re.compile(_LEAD + rb"xa\s+(?:start|begin)\b", re.S)),
-    (Kind.XA_END, re.compile(_LEAD + rb"xa\s+(?:commit|rollback)\b", re.S)),
-    (Kind.HANDLER_OPEN, re.compile(_LEAD + rb"handler\s+\S+\s+open\b", re.S)),
-    (Kind.CONNECTION_ID, re.compile(rb"\bconnection_id\s*\(\s*\)")),
-    (
-        Kind.FOLLOW_UP,
-        re.compile(
-            rb"\brow_count\s*\(|\bfound_rows\s*\(|@@(?:session\.)?(?:warning_count|error_count)\b|"
-            + _LEAD
-            + rb"(?:show\s+(?:count\s*\(\s*\*\s*\)\s+)?(?:warnings|errors)\b|get\s+(?:current\s+|stacked\s+)?diagnostics\b)",
-            re.S,
-        ),
-    ),
-    (Kind.SET_TRANSACTION, re.compile(_LEAD + rb"set\s+transaction\b", re.S)),
-    (Kind.USER_VARIABLE, re.compile(rb"(?<![@\w])@(?!@)")),
-    (Kind.TEMPORARY_TABLE, re.compile(rb"\bcreate\s+(?:or\s+replace\s+)?temporary\s+table\b")),
-    (Kind.SETS_LAST_INSERT_ID, re.compile(rb"\blast_insert_id\s*\(\s*[^\s)]")),
-    (Kind.USER_VARIABLE_ASSIGNED, re.compile(rb"(?<![@\w])@`?\w+`?\s*:=|\binto\s+@(?!@)|\bcall\b[^;]*(?<![@\w])@(?!@)", re.S)),
-    (Kind.LOAD_LOCAL, re.compile(_LEAD + rb"load\s+(?:data|xml)\s+(?:(?:low_priority|concurrent)\s+)?local\b", re.S)),
-]
-_PREPARE = re.compile(_LEAD + rb"prepare\s+`?(\w+)`?\s+from\b", re.S)
-_DEALLOCATE = re.compile(_LEAD + rb"(?:deallocate|drop)\s+prepare\s+`?(\w+)`?", re.S)
-_KILL = re.compile(_LEAD + rb"kill\s+(?:(hard|soft)\s+)?(?:(query|connection)\s+)?(\d+)\s*;?\s*$", re.S)
+_USER_VAR = re.compile(rb"@(?<!@@)(?!@)")
+_USER_VAR_ASSIGNED = re.compile(rb"@(?<!@@)(?:[\w$.]+|\x01)[\s\x01]*:=|\binto[\s\x01]+@(?!@)")
+_DIAGNOSTIC_VAR = re.compile(rb"@@(?:session\.|local\.)?(?:warning_count|error_count)\b")
+_SEQUENCE = re.compile(rb"(?:n(?<![\w$]n)ext|p(?<![\w$]p)revious)[\s\x01]+value[\s\x01]+for\b")
+_ROUTINE_DEFINITION = re.compile(rb"create[\s\x01]+(?:or[\s\x01]+replace[\s\x01]+)?(?:definer[\s\x01]*=[^\s]*[\s\x01]+)?"
+                                 rb"(?:aggregate[\s\x01]+)?(?:procedure|function|trigger|event|package)\b")
+_KILL = re.compile(rb"kill[\s\x01]+(?:(hard|soft)[\s\x01]+)?(?:(query|connection)[\s\x01]+)?(?:id[\s\x01]+)?(\d+)[\s\x01]*\Z")
+_PREPARE = re.compile(rb"prepare[\s\x01]+([\w$]+)[\s\x01]+from\b")
+_EXECUTE = re.compile(rb"execute[\s\x01]+([\w$]+)\b")
+_DEALLOCATE = re.compile(rb"(?:deallocate|drop)[\s\x01]+prepare[\s\x01]+([\w$]+)")
+_TRANSACTION_END = re.compile(rb"(commit|rollback)(?:[\s\x01]+work)?(?:[\s\x01]+and[\s\x01]+no[\s\x01]+chain)?"
+                              rb"(?:[\s\x01]+(?:no[\s\x01]+)?release)?[\s\x01]*\Z")
+_FOLLOW_UP_SHOW = re.compile(rb"show[\s\x01]+(?:count[\s\x01]*\([\s\x01]*\*[\s\x01]*\)[\s\x01]+)?(?:warnings|errors)\b")
+_PROCESSLIST = re.compile(rb"show[\s\x01]+(?:full[\s\x01]+)?processlist[\s\x01]*\Z")
+_WRITES = re.compile(rb"\b(?:insert|update|delete|replace|into|for[\s\x01]+update|for[\s\x01]+share|lock[\s\x01]+in|analyze)\b")
+_SET_TRANSACTION = re.compile(rb"set[\s\x01]+transaction\b")
+_SET_ROLE = re.compile(rb"set[\s\x01]+(?:role|default[\s\x01]+role)\b")
+_TEMPORARY = re.compile(rb"create[\s\x01]+(?:or[\s\x01]+replace[\s\x01]+)?temporary\b")
+_LOCK_TABLES = re.compile(rb"lock[\s\x01]+tables?\b")
+_UNLOCK_TABLES = re.compile(rb"unlock[\s\x01]+tables?\b")
+_FLUSH_LOCK = re.compile(rb"\bwith[\s\x01]+read[\s\x01]+lock\b|\bfor[\s\x01]+export\b")
+_XA_START = re.compile(rb"xa[\s\x01]+(?:start|begin)\b")
+_XA_END = re.compile(rb"xa[\s\x01]+(?:commit|rollback)\b")
+_HANDLER_OPEN = re.compile(rb"handler[\s\x01]+[^\s\x01]+[\s\x01]+open\b")
+_DIAGNOSTICS = re.compile(rb"get[\s\x01]+(?:current[\s\x01]+|stacked[\s\x01]+)?diagnostics\b")
+_LOAD_LOCAL = re.compile(rb"load[\s\x01]+(?:data|xml)\b[^;]*?\blocal\b")
+_BEGIN_COMPOUND = re.compile(rb"begin[\s\x01]+not[\s\x01]+atomic\b")
+_SETS_LAST_INSERT_ID = re.compile(rb"\blast_insert_id[\s\x01]*\([\s\x01]*[^\s\x01)]")
+
+# Leading keywords of statements that leave nothing the trackers would not report, or whose
+# effects the rules below find. Anything else is UNCERTAIN.
+_KNOWN_LEADS = frozenset(
+    b"select insert update delete replace with values table do set create drop alter rename truncate "
+    b"analyze optimize check checksum repair grant revoke explain describe desc help install uninstall "
+    b"purge reset change binlog cache signal resignal savepoint release use show start stop commit "
+    b"rollback begin load flush xa handler kill lock unlock prepare execute deallocate call get "
+    b"shutdown restart".split()
+)
+_READ_LEADS = frozenset(b"select show values table with explain describe desc help".split())
+
+# Names before '(' that are not stored routines: the built-in functions of MySQL 8.4/9.x and
+# MariaDB 10.11/11.x that a pooled statement may call, keywords and type names. A name missing
+# here makes its statement pin (a stored function may take a lock or set a variable): safe, and
+# visible as "untracked session state" in SHOW CLIENTS.
+_CALLABLE = frozenset(
+    b"""
+    in values value exists any all some as on using over not and or xor when then else from join select where if
+    key index primary unique foreign references check constraint partition partitions by default table into set
+    case with is like rlike regexp between union except intersect having distinct row rows range lateral
+    json_table columns nested path for of match against returns returning interval limit group order window
+    char varchar nchar nvarchar character int integer bigint smallint tinyint mediumint decimal dec numeric float
+    double real bit binary varbinary enum year time timestamp datetime date text blob national precision
+    unsigned signed generated virtual stored persistent system_time tables fulltext spatial period straight_join
+    ignore force use
+    abs acos asin atan atan2 ceil ceiling conv cos cot crc32 crc32c degrees div exp floor format ln log log10 log2
+    mod oct pi pow power radians rand round sign sin sqrt tan truncate
+    ascii bin bit_length char_length character_length chr concat concat_ws elt export_set field find_in_set
+    from_base64 hex insert instr lcase left length load_file locate lower lpad ltrim make_set mid octet_length ord
+    position quote repeat replace reverse right rpad rtrim soundex space strcmp substr substring substring_index
+    to_base64 trim ucase unhex upper weight_string natural_sort_key format_bytes format_pico_time sformat
+    regexp_instr regexp_like regexp_replace regexp_substr
+    adddate addtime convert_tz curdate current_date current_time current_timestamp curtime date_add date_format
+    date_sub datediff day dayname dayofmonth dayofweek dayofyear extract from_days from_unixtime get_format hour
+    last_day localtime localtimestamp makedate maketime microsecond minute month monthname now period_add
+    period_diff quarter sec_to_time second str_to_date subdate subtime sysdate time_format time_to_sec timediff
+    timestampadd timestampdiff to_days to_seconds unix_timestamp utc_date utc_time utc_timestamp week weekday
+    weekofyear yearweek add_months months_between trunc
+    avg bit_and bit_or bit_xor count group_concat json_arrayagg json_objectagg max min std stddev stddev_pop
+    stddev_samp sum var_pop var_samp variance cume_dist dense_rank first_value lag last_value lead nth_value
+    ntile percent_rank rank row_number median percentile_cont percentile_disc
+    cast convert coalesce greatest least ifnull isnull nullif nvl nvl2 decode decode_oracle interval
+    benchmark charset coercibility collation current_role current_user database schema found_rows
+    last_insert_id row_count session_user system_user user version icu_version roles_graphml
+    aes_decrypt aes_encrypt compress uncompress uncompressed_length md5 sha sha1 sha2 password
+    random_bytes statement_digest statement_digest_text validate_password_strength kdf des_encrypt des_decrypt
+    encrypt old_password encode
+    bin_to_uuid uuid uuid_short uuid_to_bin is_uuid inet_aton inet_ntoa inet6_aton inet6_ntoa is_ipv4
+    is_ipv4_compat is_ipv4_mapped is_ipv6 any_value default grouping name_const sleep get_lock release_lock
+    release_all_locks is_free_lock is_used_lock connection_id nextval lastval setval master_pos_wait
+    master_gtid_wait source_pos_wait wait_for_executed_gtid_set gtid_subset gtid_subtract
+    column_create column_get column_add column_delete column_exists column_list column_check column_json
+    binlog_gtid_pos wsrep_last_seen_gtid wsrep_last_written_gtid wsrep_sync_wait_upto_gtid
+    sys_guid to_char soundex ps_current_thread_id ps_thread_id format_pico_time
+    geomcollection geometrycollection linestring multilinestring multipoint multipolygon point polygon
+    mbrcontains mbrcoveredby mbrcovers mbrdisjoint mbrequals mbrintersects mbroverlaps mbrtouches mbrwithin
+    boundary buffer centroid contains crosses dimension disjoint endpoint envelope equals exteriorring
+    geometryn geometrytype glength interiorringn intersects isclosed isempty isring issimple numgeometries
+    numinteriorrings numpoints overlaps pointn srid startpoint touches within x y
+    astext asbinary aswkb aswkt geomfromtext geomfromwkb pointfromtext linefromtext polyfromtext
+    """.split()
+)
+# Prefixes of built-in families (JSON_*, ST_*, REGEXP_*).
+_CALLABLE_PREFIXES = (b"json_", b"st_", b"regexp_")
+# Built-ins with an effect beyond their answer: never sent twice.
+_NOT_PURE = frozenset(
+    b"get_lock release_lock release_all_locks nextval lastval setval last_insert_id found_rows row_count "
+    b"master_pos_wait master_gtid_wait source_pos_wait wait_for_executed_gtid_set connection_id".split()
+)
 
 
-# Only the head of a statement is classified: a 16 MiB INSERT must not stall
-# the event loop in regex scans (what matters is at the start or near it).
-CLASSIFY_LIMIT = 64 * 1024
+def _callable(name: bytes) -> bool:
+    return name in _CALLABLE or name.startswith(_CALLABLE_PREFIXES)
 
 
-def classify(sql: bytes) -> Classified | None:
-    """None for the common query that needs no special handling."""
-    # One lowercase copy of the head; every pattern here is written in lowercase.
-    sql = sql[:CLASSIFY_LIMIT].lower()
-    if not _TRIGGER.search(sql):
-        return None
-    return _classify_lowered(sql)
+def _expressions(lead: bytes, s: bytes) -> bytes:
+    """The part of statement code ``s`` where a name before '(' is a function call."""
+    if lead in _NO_EXPRESSIONS:
+        return b""
+    if lead == b"insert" or lead == b"replace" or lead == b"load":
+        m = (_LOAD_EXPRESSIONS if lead == b"load" else _INSERT_EXPRESSIONS).search(s)
+        return s[m.start():] if m else b""
+    if lead == b"create" or lead == b"alter":
+        if _ROUTINE_DEFINITION.match(s):
+            return b""  # its body runs when called, and CALL pins
+        m = _DDL_EXPRESSIONS.search(s)
+        return s[m.start():] if m else b""
+    if lead == b"with":
+        return _CTE_COLUMNS.sub(b"(", s)
+    return s
 
 
-def _classify_lowered(sql: bytes) -> Classified | None:
-    """Every rule, without the trigger's shortcut."""
+# What a leading keyword alone says (the rest of _statement looks further).
+_ROUTINE_LEADS = frozenset((b"call", b"backup"))
+# A statement's kinds that still let it count as a plain read.
+_READ_KINDS = Kind.FOLLOW_UP | Kind.CALC_FOUND_ROWS | Kind.PROCESSLIST | Kind.USER_VARIABLE
+
+
+def _statement(s: bytes, out: Classified) -> bool:
+    """Fold one statement's code into ``out``; True when it only reads."""
+    m = _LEAD.match(s)
+    if m is None:
+        if s.strip(b" \t\r\n\x0b\x0c\x01"):
+            out.kind |= Kind.UNCERTAIN
+        return True
+    out.statements += 1
+    lead = m.group(1)
+    s = s[m.start(1):]
+    kind = Kind.NONE
+    read_only = lead in _READ_LEADS
+    if lead not in _KNOWN_LEADS or lead in _ROUTINE_LEADS:
+        kind |= Kind.UNCERTAIN  # unknown, or a routine / prepared statement: it may do anything
+    elif lead == b"select":
+        if b"sql_calc_found_rows" in s:
+            kind |= Kind.CALC_FOUND_ROWS
+    elif lead == b"set":
+        if _SET_TRANSACTION.match(s):
+            kind |= Kind.SET_TRANSACTION
+        elif _SET_ROLE.match(s):
+            kind |= Kind.UNCERTAIN
+        if _USER_VAR.search(s):
+            kind |= Kind.USER_VARIABLE_ASSIGNED  # SET @v (the tracker reports it too)
+    elif lead == b"create":
+        if _TEMPORARY.match(s):
+            kind |= Kind.TEMPORARY_TABLE
+    elif lead == b"drop" or lead == b"deallocate":
+        d = _DEALLOCATE.match(s)
+        if d:
+            kind |= Kind.DEALLOCATE
+            out.names.append(d.group(1).decode())
+            out.deallocated.append(d.group(1).decode())
+        elif lead == b"deallocate":
+            kind |= Kind.DEALLOCATE  # of a name in quotes: no name to match, so no pin ends
+    elif lead == b"prepare":
+        kind |= Kind.PREPARE
+        p = _PREPARE.match(s)
+        if p:
+            out.names.append(p.group(1).decode())
+            out.prepared[p.group(1).decode()] = None  # its text: see _prepared_texts
+        else:
+            kind |= Kind.UNCERTAIN  # a quoted name: no DEALLOCATE can be matched to it
+    elif lead == b"execute":
+        e = _EXECUTE.match(s)
+        if e:
+            kind |= Kind.EXECUTE
+            out.executed.append(e.group(1).decode())
+        else:
+            kind |= Kind.UNCERTAIN
+    elif lead == b"lock":
+        kind |= Kind.LOCK_TABLES if _LOCK_TABLES.match(s) else Kind.UNCERTAIN
+    elif lead == b"unlock":
+        if _UNLOCK_TABLES.match(s):
+            kind |= Kind.UNLOCK_TABLES
+    elif lead == b"flush":
+        if _FLUSH_LOCK.search(s):
+            kind |= Kind.LOCK_TABLES
+    elif lead == b"xa":
+        if _XA_START.match(s):
+            kind |= Kind.XA_START
+        elif _XA_END.match(s):
+            kind |= Kind.XA_END
+    elif lead == b"handler":
+        if _HANDLER_OPEN.match(s):
+            kind |= Kind.HANDLER_OPEN
+    elif lead == b"kill":
+        kind |= Kind.KILL
+        k = _KILL.match(s)
+        if k:
+            out.kill_id = int(k.group(3))
+            out.kill_query_only = k.group(2) == b"query"
+    elif lead == b"show":
+        if _FOLLOW_UP_SHOW.match(s):
+            kind |= Kind.FOLLOW_UP
+        elif _PROCESSLIST.match(s):
+            kind |= Kind.PROCESSLIST
+    elif lead == b"get":
+        if _DIAGNOSTICS.match(s):
+            kind |= Kind.FOLLOW_UP
+    elif lead == b"load":
+        if _LOAD_LOCAL.match(s):
+            kind |= Kind.LOAD_LOCAL
+    elif lead == b"begin":
+        if _BEGIN_COMPOUND.match(s):
+            kind |= Kind.UNCERTAIN  # a compound statement: it may do anything
+    elif lead == b"commit" or lead == b"rollback":
+        t = _TRANSACTION_END.match(s)
+        if t:
+            kind |= Kind.TRANSACTION_END
+            if t.group(1) == b"rollback" and b"release" not in s:
+                kind |= Kind.ROLLBACK
+
+    # What any statement may hold, wherever it stands.
+    if b"@" in s:
+        if _USER_VAR.search(s):
+            kind |= Kind.USER_VARIABLE
+            # CALL p(@v), GET DIAGNOSTICS @n, LOAD DATA ... (@v) assign what they name.
+            if lead == b"call" or lead == b"get" or lead == b"load" or _USER_VAR_ASSIGNED.search(s):
+                kind |= Kind.USER_VARIABLE_ASSIGNED
+        if _DIAGNOSTIC_VAR.search(s):
+            kind |= Kind.FOLLOW_UP
+    if b"value" in s and _SEQUENCE.search(s):
+        kind |= Kind.UNCERTAIN  # sequences: PREVIOUS VALUE FOR is per session
+    if read_only and _WRITES.search(s):
+        read_only = False  # EXPLAIN ANALYZE, WITH ... DELETE, SELECT ... INTO / FOR UPDATE
+    expressions = _expressions(lead, s) if b"(" in s else b""
+    if expressions:
+        for name in _call_names(expressions):
+            if not _callable(name):
+                kind |= Kind.UNCERTAIN  # a stored function (or a quoted name): it may do anything
+            elif name in _NOT_PURE:
+                read_only = False
+                if name == b"get_lock":
+                    kind |= Kind.GET_LOCK
+                elif name == b"release_lock":
+                    kind |= Kind.RELEASE_LOCK
+                elif name == b"release_all_locks":
+                    kind |= Kind.RELEASE_ALL_LOCKS
+                elif name == b"connection_id":
+                    kind |= Kind.CONNECTION_ID
+                elif name == b"found_rows" or name == b"row_count":
+                    kind |= Kind.FOLLOW_UP
+                elif name == b"last_insert_id":
+                    if _SETS_LAST_INSERT_ID.search(expressions):
+                        kind |= Kind.SETS_LAST_INSERT_ID
+                else:
+                    kind |= Kind.UNCERTAIN  # sequences, replication waits: not for a shared link
+    out.kind |= kind
+    return read_only and not kind & ~_READ_KINDS
+
+
+# A named lock call up to its first argument.
+_LOCK_CALL = re.compile(rb"\b(get_lock|release_lock)\s*\(\s*")
+
+
+def _lock_names(lowered: bytes, lexer: re.Pattern[bytes], out: Classified) -> None:
+    """The names of GET_LOCK / RELEASE_LOCK calls, in the order of the text (a rare path).
+
+    A name that is not one literal right after the '(' (an expression, a variable, a comment in
+    between) is None: a lock nobody can be seen to release, so the session stays pinned."""
+    calls: list[tuple[bytes, int]] = []  # (function, where its argument starts)
+    literals: dict[int, bytes] = {}  # start -> the literal's text, quotes stripped
+    pos = 0
+    for m in lexer.finditer(lowered):
+        start, end = m.span()
+        calls += [(c.group(1), c.end()) for c in _LOCK_CALL.finditer(lowered, pos, start)]
+        if m.lastgroup is not None:
+            continue  # executable comment delimiters: the text around them is code
+        if lowered[start] in b"'\"":
+            quote = lowered[start:start + 1]
+            literals[start] = lowered[start + 1:end - 1].replace(quote + quote, quote)
+        pos = end
+    calls += [(c.group(1), c.end()) for c in _LOCK_CALL.finditer(lowered, pos)]
+    for function, arg in calls:
+        name = literals.get(arg)
+        if name is not None and b"\\" in name:
+            name = None  # escapes: the server's reading of the name is not certain
+        (out.locks_taken if function == b"get_lock" else out.locks_released).append(name)
+
+
+_PREPARE_FROM = re.compile(rb"\bprepare\s+([\w$]+)\s+from\s*\Z")
+
+
+def _prepared_texts(sql: bytes, lexer: re.Pattern[bytes], out: Classified) -> None:
+    """PREPARE name FROM '<text>': classify the text, for the EXECUTEs of that name (a rare path)."""
+    lowered = sql.lower()
+    pos = 0
+    for m in lexer.finditer(lowered):
+        start, end = m.span()
+        if m.lastgroup is not None:
+            continue
+        head = _PREPARE_FROM.search(lowered, pos, start)
+        quote = sql[start:start + 1]
+        if head and quote in (b"'", b'"') and end - start >= 2:
+            # A run of literals is one token: only its first literal is the text.
+            literal = _FIRST_LITERAL[quote].match(sql, start)
+            name = head.group(1).decode()
+            if literal is not None and name in out.prepared:
+                body = literal.group(1).replace(quote + quote, quote)
+                out.prepared[name] = None if b"\\" in body else classify_all(body)
+        pos = end
+
+
+_FIRST_LITERAL = {b"'": re.compile(rb"'((?:[^']|'')*)'"), b'"': re.compile(rb'"((?:[^"]|"")*)"')}
+
+
+def _classify_code(code: bytes, certain: bool) -> Classified:
     out = Classified()
-    for kind, rule in _RULES:
-        if rule.search(sql):
-            out.kind |= kind
-    for m in _PREPARE.finditer(sql):
-        out.kind |= Kind.PREPARE
-        out.names.append(m.group(1).decode())
-    for m in _DEALLOCATE.finditer(sql):
-        out.kind |= Kind.DEALLOCATE
-        out.names.append(m.group(1).decode())
-    kill = _KILL.search(sql)
-    if kill:
-        out.kind |= Kind.KILL
-        out.kill_id = int(kill.group(3))
-        out.kill_query_only = bool(kill.group(2)) and kill.group(2).lower() == b"query"
+    read_only = True
+    for statement in code.split(b";"):
+        read_only = _statement(statement, out) and read_only
+    if not certain:
+        out.kind |= Kind.UNCERTAIN
+    out.read_only = read_only and certain and out.statements > 0
+    if Kind.KILL in out.kind and out.statements > 1:
+        out.kill_id = None  # KILL inside a multi-statement: refused, never sent with a backend id
+    return out
+
+
+def classify_all(sql: bytes, backslash_escapes: bool | None = None, lowered: bytes | None = None) -> Classified:
+    """The full reading of a statement (no fast path); ``read_only`` is always computed.
+
+    ``backslash_escapes``: whether the session's sql_mode lets '\\' escape in strings (it does
+    unless NO_BACKSLASH_ESCAPES); None when unknown: then a text with a backslash is read both
+    ways, and pins when the readings differ."""
+    if lowered is None:
+        lowered = sql.lower()
+    lexer = _LEX_NO_ESCAPES if backslash_escapes is False else _LEX
+    out = _classify_code(*_code(lowered, lexer))
+    if backslash_escapes is None and b"\\" in lowered:
+        other = _classify_code(*_code(lowered, _LEX_NO_ESCAPES))
+        if other != out:
+            # NO_BACKSLASH_ESCAPES would read it otherwise: pin, and never resend it.
+            out.kind |= other.kind | Kind.UNCERTAIN
+            out.read_only = False
+    if out.kind & (Kind.GET_LOCK | Kind.RELEASE_LOCK):
+        _lock_names(lowered, lexer, out)
+    if out.prepared:
+        _prepared_texts(sql, lexer, out)
+        if Kind.UNCERTAIN in out.kind and b"\\" in lowered:
+            out.locks_released.clear()  # two readings: trust no release
+    return out
+
+
+def classify(sql: bytes, backslash_escapes: bool | None = None) -> Classified | None:
+    """None for the common statement that needs no special handling (the relay's hot path)."""
+    lowered = sql.lower()
+    if (_FAST_LEAD.match(lowered) and not _FAST_FORBIDDEN.search(lowered)
+            and not any(word in lowered for word in _FAST_EXCEPT)):
+        return None
+    out = classify_all(sql, backslash_escapes, lowered)
     return out if out.kind else None
+
+
+def is_retryable_read(sql: bytes, backslash_escapes: bool | None = None) -> bool:
+    """A statement with no effect beyond its answer: it may be sent again on another link."""
+    return classify_all(sql, backslash_escapes).read_only
+
+
+# -- rewriting calls the proxy answers ----------------------------------------------------------
+
+
+def _code_spans(sql: bytes) -> list[tuple[int, int]]:
+    """The spans of ``sql`` outside literals and comments (executable comments are code)."""
+    spans: list[tuple[int, int]] = []
+    pos = 0
+    for m in _LEX.finditer(sql.lower()):
+        if m.lastgroup is None:
+            spans.append((pos, m.start()))
+            pos = m.end()
+    spans.append((pos, len(sql)))
+    return spans
 
 
 def rewrite_call(sql: bytes, function: str, value: int) -> bytes:
     """Replace ``FUNCTION()`` with a value the proxy knows (the column keeps its name when alone)."""
     name = function.encode()
-    alone = re.match(rb"^\s*select\s+(" + name + rb"\s*\(\s*\))\s*;?\s*$", sql, re.I)
+    alone = re.match(rb"\s*select\s+(" + name + rb"\s*\(\s*\))\s*;?\s*\Z", sql, re.I)
     if alone:
         return b"SELECT %d AS `%s`" % (value, alone.group(1))
-    return re.sub(rb"\b" + name + rb"\s*\(\s*\)", b"(%d)" % value, sql, flags=re.I)
+    pattern = re.compile(rb"\b" + name + rb"\s*\(\s*\)", re.I)
+    out, pos = [], 0
+    for start, end in _code_spans(sql):
+        for call in pattern.finditer(sql, start, end):
+            out += [sql[pos:call.start()], b"(%d)" % value]
+            pos = call.end()
+    out.append(sql[pos:])
+    return b"".join(out)
 
 
 def rewrite_connection_id(sql: bytes, proxy_id: int) -> bytes:

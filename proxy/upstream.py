@@ -36,14 +36,20 @@ class Upstream:
         self.known_schemas: set[str] = set()
         self.collations: dict[int, tuple[str, str]] = {}
         self.account_limit: int | None = None
+        # Whether a new session's sql_mode lets backslashes escape in strings (the lexer's reading
+        # of '\''); None until a link has told. Read again on each link: a reload may change servers.
+        self.backslash_escapes: bool | None = None
 
     @property
     def name(self) -> str:
         return self.spec.name
 
     async def _connect(self, kind: int, on_idle_death: Any, timeout: float) -> BackendLink:
-        return await open_link(self.spec.backend, kind=kind, timeout=timeout, tls=self.backend_tls,
+        link = await open_link(self.spec.backend, kind=kind, timeout=timeout, tls=self.backend_tls,
                                on_idle_death=on_idle_death)
+        if link.facts.sql_mode is not None:
+            self.backslash_escapes = "NO_BACKSLASH_ESCAPES" not in link.facts.sql_mode.upper()
+        return link
 
     def charset_variables(self, collation_id: int) -> dict[str, str]:
         """The character-set variables a client's handshake collation sets (as the server would)."""

@@ -70,6 +70,12 @@ def test_kill_inside_transaction_reports_lost_transaction(mariadb, proxy_factory
             cur.execute("INSERT INTO tx_lost VALUES (2)")
         assert e.value.args[0] == 2013
         assert "transaction was rolled back" in e.value.args[1]
+        # Its other half must never commit alone: every statement fails until ROLLBACK (COMMIT too).
+        for stmt in ("INSERT INTO tx_lost VALUES (3)", "COMMIT", "SELECT 1"):
+            with pytest.raises(pymysql.err.OperationalError) as e:
+                cur.execute(stmt)
+            assert e.value.args[0] == 1927 and "send ROLLBACK" in e.value.args[1], stmt
+        cur.execute("ROLLBACK")
         # The next statement starts clean, on a new link.
         cur.execute("SELECT COUNT(*) FROM tx_lost")
         assert cur.fetchone() == (0,)
@@ -201,6 +207,9 @@ def test_idle_transaction_timeout_frees_the_link(mariadb, proxy_factory):
         with pytest.raises(pymysql.err.OperationalError) as e:
             cur.execute("SELECT 3")
         assert "idle_transaction_timeout" in e.value.args[1]
+        with pytest.raises(pymysql.err.OperationalError):  # nothing runs alone after half a transaction
+            cur.execute("SELECT 4")
+        cur.execute("ROLLBACK")
         cur.execute("SELECT 4")
         assert cur.fetchone() == (4,)
 

@@ -66,7 +66,9 @@ def test_procedure_with_several_result_sets(mariadb, shared):
     finally:
         stop.set()
         t.join()
-    assert _clients(shared)[conn.thread_id()][4] is None  # not pinned afterwards
+    # A procedure may leave anything (user variables, temporary tables, locks) that no tracker
+    # reports: the session keeps its link until it leaves.
+    assert _clients(shared)[conn.thread_id()][4].startswith("untracked session state")
 
 
 def test_multi_statements_follow_each_client(mariadb, shared):
