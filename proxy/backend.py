@@ -52,7 +52,7 @@ TRACKING_SETUP = (
 CHARSET_FACTS = (
     b"SELECT @@character_set_client, @@character_set_connection, @@character_set_results, @@collation_connection"
 )
-LINK_FACTS = CHARSET_FACTS + b", @@wait_timeout, @@max_allowed_packet"
+LINK_FACTS = CHARSET_FACTS + b", @@wait_timeout, @@max_allowed_packet, @@sql_mode"
 
 
 # Prepared statements a link keeps for reuse (the server's max_prepared_stmt_count is global).
@@ -69,7 +69,8 @@ class RelaySink(Protocol):
     def relay_chunks(self, chunks: Sequence[bytes | memoryview]) -> None: ...
     # DONE (the response ended) or INFILE; ``chunks``: the bytes up to there, not yet relayed.
     def relay_done(self, link: BackendLink, event: int, chunks: Sequence[bytes | memoryview]) -> None: ...
-    def relay_failed(self, link: BackendLink, error: Exception, received_any: bool) -> None: ...
+    # ``sent``: the command was written to the link, so the server may have run it.
+    def relay_failed(self, link: BackendLink, error: Exception, received_any: bool, sent: bool = True) -> None: ...
 
 
 # _SUPPLY: a relay that also puts back column definitions the server left out (see start_relay).
@@ -125,6 +126,7 @@ class LinkFacts:
     auth_plugin: str = ""
     wait_timeout: int = 0
     max_allowed_packet: int = 0
+    sql_mode: str | None = None  # a new session's (the server's default): do backslashes escape?
 
 
 class BackendLink(asyncio.Protocol):
@@ -137,6 +139,9 @@ class BackendLink(asyncio.Protocol):
         self.created = time.monotonic()
         self.last_used = self.created
         self.leased_by: int | None = None  # proxy id of the client holding it
+        # The frontend's count of statements that lost their last client when it last closed
+        # this link's copies of such statements (frontend._sweep_statements).
+        self.swept = 0
         self.in_pool = False  # in the pool's idle list
         self.reading_paused = False  # back-pressure from the client it relays to
         self.closed = False
@@ -369,7 +374,7 @@ class BackendLink(asyncio.Protocol):
         if self.closed or self.transport is None:
             err = self._lost or LinkLost("link closed")
             self._sink = None
-            sink.relay_failed(self, err, False)
+            sink.relay_failed(self, err, False, sent=False)  # seen dead before the write
             return
         self.transport.write(frame(payload, seq))
 
@@ -562,6 +567,7 @@ async def _setup(link: BackendLink) -> None:
     link.state.variables.update(charset_values(values))
     link.facts.wait_timeout = int(values[4] or 0)
     link.facts.max_allowed_packet = int(values[5] or 0)
+    link.facts.sql_mode = values[6] or ""
 
 
 def charset_values(row: list[str | None]) -> dict[str, str]:

@@ -23,7 +23,7 @@ from .compressed import ClientCompression
 from .config import Config
 from .login import Accepted, Login, Refused, Send, StartTls, Step
 from .mysql.constants import KIND_CAPS, SERVER_VERSION, Cap, Command, Err, Status
-from .mysql.messages import OK, ServerError, build_eof, build_err, build_ok
+from .mysql.messages import OK, ServerError, build_eof, build_err, build_ok, build_result_set
 from .mysql.packets import PacketReader, ProtocolError, frame
 from .mysql.responses import DONE, INFILE, NO_RESPONSE, TRACKED
 from .pool import Pool, PoolTimeout, Waiter
@@ -38,7 +38,7 @@ from .session import (
     mark_replayed,
     replay_commands,
 )
-from .sql import Classified, Kind, classify, rewrite_call, rewrite_connection_id
+from .sql import Classified, Kind, classify, is_retryable_read, rewrite_call, rewrite_connection_id
 from .tls import ClientTls
 from .upstream import Upstream
 
@@ -48,6 +48,9 @@ POOL_BUSY = 9001  # queue_timeout reached: the pool could not lend a link in tim
 ER_LOCAL_INFILE_DISABLED = 4166
 _LOCAL_INFILE_MESSAGE = "The used command is not allowed because the MariaDB server or client has disabled the local infile capability"
 ER_STMT_HAS_NO_OPEN_CURSOR = 1421
+# Commands a client may still send after its transaction was lost (they hold no statement of it).
+_AFTER_LOST_TRANSACTION = frozenset({Command.QUIT, Command.PING, Command.STMT_CLOSE, Command.RESET_CONNECTION,
+                                     Command.CHANGE_USER, Command.STMT_RESET})
 # Only a statement that reads a table clears the server's warning list (SELECT 1 and DO 0 do not).
 CLEAR_DIAGNOSTICS = b"DO (SELECT COUNT(*) FROM (SELECT 1) AS t)"
 READ_BACK = CHARSET_FACTS + b", LAST_INSERT_ID()"
@@ -60,6 +63,62 @@ _STATEMENTS = frozenset({Command.QUERY, Command.STMT_EXECUTE})
 _LINK_CLOSING = frozenset({Err.CONNECTION_KILLED, Err.SERVER_LOST})
 _LOGIN, _COMMAND, _INFILE, _CLOSED = range(4)
 MAX_PIPELINED = 16  # commands queued from one client before its socket is paused
+
+# How many client statements (prepared, not yet closed) name each SQL text, per pool (by id):
+# a server copy no client holds any more is closed at once where it can be (_statements_closed).
+_statement_users: dict[int, Counter[bytes]] = {}
+
+
+# Per pool: how many times a statement lost its last client. A link busy at that moment closes
+# its copy when it next goes back to the pool (_sweep_statements), once per change of this count.
+_closed_generation: dict[int, int] = {}
+
+
+def _sweep_statements(pool: Pool, link: BackendLink) -> None:
+    """Close the link's copies of statements no client holds any more."""
+    link.swept = _closed_generation.get(id(pool), 0)
+    users = _statement_users.get(id(pool), Counter())
+    for sql in [sql for sql in link.prepared if sql not in users]:
+        prepared = link.prepared.pop(sql)
+        if not link.closed:
+            link.write_packet(bytes((Command.STMT_CLOSE,)) + prepared.id.to_bytes(4, "little"), 0)
+
+
+def _statements_opened(pool: Pool, sql: bytes) -> None:
+    users = _statement_users.setdefault(id(pool), Counter())
+    users[sql] += 1
+
+
+def _statements_closed(pool: Pool, sqls: Iterable[bytes], held: BackendLink | None) -> None:
+    """Clients let these statements go. Where no client holds one any more, its server copies are
+    closed (COM_STMT_CLOSE has no answer) on the links free to take a command now: the idle ones
+    and ``held``, the one the closing session keeps. A busy link keeps its copy until its cache
+    (backend.STATEMENT_CACHE) lets it go, or until a later close finds it idle. Without this every
+    link kept up to 256 statements, against the server's global max_prepared_stmt_count."""
+    users = _statement_users.get(id(pool))
+    if users is None:
+        return
+    gone = []
+    for sql in sqls:
+        if sql not in users:
+            continue  # opened before a reload moved the client to this pool, say
+        left = users[sql] - 1
+        if left > 0:
+            users[sql] = left
+        else:
+            del users[sql]
+            gone.append(sql)
+    if not gone:
+        return
+    _closed_generation[id(pool)] = _closed_generation.get(id(pool), 0) + 1
+    links = [link for idle in pool.idle.values() for link in idle]
+    if held is not None:
+        links.append(held)
+    for link in links:
+        for sql in gone:
+            prepared = link.prepared.pop(sql, None)
+            if prepared is not None and not link.closed:
+                link.write_packet(bytes((Command.STMT_CLOSE,)) + prepared.id.to_bytes(4, "little"), 0)
 
 
 @dataclass
@@ -128,7 +187,6 @@ class ClientConnection(asyncio.Protocol):
         self._fresh_link = False
         self._follow_up = False
         self._paused_reading = False
-        self._deferred_error: tuple[int, str] | None = None
         self._waiter: Waiter | None = None  # queued in the pool for a link
         self._pool_kind = 0
         self._paused_link: BackendLink | None = None  # a link paused for this client's back-pressure
@@ -191,6 +249,8 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._phase = _CLOSED
+        if self.session is not None and self.session.statements:
+            _statements_closed(self.pool, [ps.sql for ps in self.session.statements.values()], None)
         if self.server.clients.pop(self.proxy_id, None) is not None:
             self.server.client_stats.statements_of_departed += self.statements
         if self._handshake_timer:
@@ -363,16 +423,23 @@ class ClientConnection(asyncio.Protocol):
             self._fatal(Err.NET_READ_ERROR, "Got an empty command packet", seq + 1)
             return
         cmd = payload[0]
-        if self._deferred_error is not None and cmd not in NO_RESPONSE:
-            code, message = self._deferred_error
-            self._deferred_error = None
-            self.send_error(code, message, seq + 1)
-            return
         stmt = None
         if cmd == Command.QUERY and not self.is_admin:
-            stmt = classify(payload[1:])
+            stmt = classify(payload[1:], self._backslash_escapes(session))
             if stmt is not None:
-                if Kind.KILL in stmt.kind and self._kill(seq, stmt):
+                if session.transaction_lost and self._after_lost_transaction(seq, cmd, stmt):
+                    return
+                if Kind.KILL in stmt.kind:
+                    self._kill(seq, stmt)
+                    return
+                if Kind.PREPARE in stmt.kind and any(
+                        p is not None and p.kind & (Kind.KILL | Kind.PROCESSLIST) for p in stmt.prepared.values()):
+                    # Executed later, it would name the server's threads: refused like KILL in a multi-statement.
+                    self.send_error(Err.UNSUPPORTED_PS, "mysql-pool-proxy does not prepare KILL or SHOW PROCESSLIST; "
+                                    "send them as plain statements", seq + 1)
+                    return
+                if Kind.PROCESSLIST in stmt.kind:
+                    self._processlist(seq, payload[1:])
                     return
                 if Kind.CONNECTION_ID in stmt.kind:
                     payload = bytes((Command.QUERY,)) + rewrite_connection_id(payload[1:], self.proxy_id)
@@ -380,9 +447,27 @@ class ClientConnection(asyncio.Protocol):
                     # The server would refuse it for this client; our link could not (it has LOCAL_FILES).
                     self.send_error(ER_LOCAL_INFILE_DISABLED, _LOCAL_INFILE_MESSAGE, seq + 1)
                     return
+            elif session.transaction_lost and self._after_lost_transaction(seq, cmd, stmt):
+                return
         elif (cmd == Command.STMT_EXECUTE and not self.is_admin
               and (ps := session.statements.get(statement_id(payload))) is not None):
-            self._statement = ps  # the usual binary command: a statement this client prepared, nothing to answer here
+            # The usual binary command: a statement this client prepared, nothing to answer here.
+            # Its text decides its pins as a COM_QUERY's would (DO GET_LOCK(?, 0) holds a lock).
+            if session.transaction_lost and self._after_lost_transaction(seq, cmd, None):
+                return
+            self._statement = ps
+            stmt = ps.classified
+        elif session.transaction_lost and self._after_lost_transaction(seq, cmd, None):
+            return
+        elif cmd == Command.STMT_PREPARE and not self.is_admin:
+            stmt = classify(payload[1:], self._backslash_escapes(session))
+            if stmt is not None:
+                if Kind.KILL in stmt.kind or Kind.PROCESSLIST in stmt.kind:
+                    self.send_error(Err.UNSUPPORTED_PS, "This command is not supported in the prepared statement "
+                                    "protocol through mysql-pool-proxy; send it as a plain statement", seq + 1)
+                    return
+                if Kind.CONNECTION_ID in stmt.kind:
+                    payload = bytes((Command.STMT_PREPARE,)) + rewrite_connection_id(payload[1:], self.proxy_id)
         elif self._answered_here(seq, cmd, payload):
             return
         if session.pins:
@@ -406,6 +491,11 @@ class ClientConnection(asyncio.Protocol):
             self._lease()
         else:
             self._leased(link, own_diagnostics=True)
+
+    def _backslash_escapes(self, session: Session) -> bool | None:
+        """How the server reads '\\' in this session's strings (None: not known yet)."""
+        escapes = session.backslash_escapes
+        return self.upstream.backslash_escapes if escapes is None else escapes
 
     def _answered_here(self, seq: int, cmd: int, payload: bytes) -> bool:
         """Commands other than COM_QUERY: True when the proxy answered (or dropped) it itself."""
@@ -544,7 +634,7 @@ class ClientConnection(asyncio.Protocol):
             self._answer_error(e.code, e.message)
             return
         except (LinkLost, OSError) as e:
-            self.relay_failed(link, e, received_any=False)
+            self.relay_failed(link, e, received_any=False, sent=False)  # only the PREPARE was sent
             return
         prepared = reply.tracker.prepare
         assert prepared is not None
@@ -570,7 +660,7 @@ class ClientConnection(asyncio.Protocol):
         if ps is None and pid == LAST_PREPARED and cmd != Command.STMT_CLOSE:
             ps = session.statements.get(session.last_prepared)
         if cmd == Command.STMT_CLOSE:
-            session.statements.pop(pid, None)
+            closed = session.statements.pop(pid, None)
             if ps is not None and self.link is not None and PIN_CURSOR in session.pins:
                 # Closing the statement closes its cursor: the server copy goes too.
                 prepared = self.link.prepared.pop(ps.sql, None)
@@ -579,6 +669,8 @@ class ClientConnection(asyncio.Protocol):
                 session.unpin(PIN_CURSOR)
                 if self.link is not None:
                     self._give_back(self.link)
+            if closed is not None:
+                _statements_closed(self.pool, (closed.sql,), self.link)
             return False
         if ps is None:
             if cmd != Command.STMT_SEND_LONG_DATA:  # that one never gets an answer
@@ -623,7 +715,7 @@ class ClientConnection(asyncio.Protocol):
                 self._answer_error(Err.SERVER_LOST, f"Lost connection to MySQL server: {e}")
             return
         except (LinkLost, OSError) as e:
-            self.relay_failed(link, e, received_any=False)
+            self.relay_failed(link, e, received_any=False, sent=False)  # only the replay was sent
             return
         if self._phase == _CLOSED:
             self.link = None
@@ -664,7 +756,8 @@ class ClientConnection(asyncio.Protocol):
         _seq, payload, cmd, stmt = self._current
         tr = link.tracker
         session = self.session
-        read_back = session.after_response(cmd, tr, stmt, link.state)
+        # A PREPARE runs nothing: its text's classification is for the executes.
+        read_back = session.after_response(cmd, tr, None if cmd == Command.STMT_PREPARE else stmt, link.state)
         if cmd in _STATEMENTS:
             session.last_row_count = -1 if tr.result_set or tr.error_code else tr.affected_rows
             if tr.result_set:
@@ -674,9 +767,10 @@ class ClientConnection(asyncio.Protocol):
             if tr.prepare is not None:
                 sql = payload[1:]
                 columns = tuple(tr.columns)
-                session.statements[tr.statement_alias] = PreparedStatement(sql, tr.prepare.num_params,
-                                                                           tr.prepare.num_columns, columns=columns)
+                session.statements[tr.statement_alias] = PreparedStatement(
+                    sql, tr.prepare.num_params, tr.prepare.num_columns, columns=columns, classified=stmt)
                 link.remember_statement(sql, tr.prepare.statement_id, tr.prepare.num_params, columns)
+                _statements_opened(self.pool, sql)
                 session.last_prepared = tr.statement_alias
             else:
                 session.last_prepared = 0  # it failed: id -1 names no statement now
@@ -736,36 +830,73 @@ class ClientConnection(asyncio.Protocol):
         else:
             self.link = None
             session.multiplexed += 1
+            if link.swept != _closed_generation.get(id(self.pool), 0):
+                _sweep_statements(self.pool, link)
             self.pool.release(link)
         if chunks:
             self.relay_chunks(chunks)
         self._done()
 
-    def relay_failed(self, link: BackendLink, error: Exception, received_any: bool) -> None:
-        """The link died under the current command (also when the proxy itself was using it for the client)."""
+    def relay_failed(self, link: BackendLink, error: Exception, received_any: bool, sent: bool = True) -> None:
+        """The link died under the current command (also when the proxy itself was using it for the client).
+
+        ``sent``: the command was written to the link (the server may have run it)."""
         self.link = None
         self.pool.discard(link)
         if self._phase != _CLOSED:
-            self._retry_or_fail(received_any)
+            self._retry_or_fail(received_any, sent)
 
-    def _retry_or_fail(self, received_any: bool) -> None:
-        """A link died under a command. Retry only when it cannot have run."""
+    def _retry_or_fail(self, received_any: bool, sent: bool) -> None:
+        """A link died under a command. Send it again only when it provably did not run.
+
+        "No answer came" does not mean "it did not run": the server may have run and committed
+        it, then died, or the answer may have been cut on its way back. So a command goes again
+        only when it never reached the server (the link was dead before the write; only the
+        proxy's own replay was sent), or when it is a plain read. Dead idle links are found
+        before lending (the EOF watch, a ping after long idleness): that keeps them invisible."""
         session = self.session
         assert session is not None and self._current is not None
+        _seq, payload, cmd, stmt = self._current
         in_transaction = PIN_TRANSACTION in session.pins
-        if not received_any and self._fresh_link and not in_transaction and not session.pinned and not self._retried:
+        if (not received_any and self._fresh_link and not session.pinned and not self._retried
+                and (not sent or (cmd == Command.QUERY and is_retryable_read(payload[1:], self._backslash_escapes(session))))):
             self._retried = True
-            log.info("client %d: link died before answering; sending the statement again on a new link", self.proxy_id)
+            log.info("client %d: link died before answering a statement that %s; sending it again on a new link",
+                     self.proxy_id, "it never reached" if not sent else "only reads")
             self._lease()
             return
-        # A COMMIT (or a statement that commits implicitly) the server ran just before the link
-        # went may have ended the transaction first: the same doubt a direct client has.
-        what = ("the open transaction was rolled back, unless this statement committed it" if in_transaction
-                else "the statement may or may not have run")
+        ends_transaction = stmt is not None and Kind.TRANSACTION_END in stmt.kind
+        if in_transaction and not ends_transaction:
+            what = "the open transaction was rolled back and nothing of it was committed; send ROLLBACK to go on"
+        elif in_transaction:
+            what = "the transaction may or may not have been committed"
+        else:
+            what = "the statement may or may not have run"
         lost_state = ", ".join(session.pins) or "none"
         log.warning("client %d: link lost mid-command (%s; pinned for: %s)", self.proxy_id, what, lost_state)
         session.forget_link_state()
-        self._answer_error(Err.SERVER_LOST, f"Lost connection to MySQL server during query: the server closed the link; {what}. The next statement starts on a new connection")
+        if in_transaction and not ends_transaction:
+            session.transaction_lost = "its server connection was lost"
+        self._answer_error(Err.SERVER_LOST, f"Lost connection to MySQL server during query: the server closed the link; {what}")
+
+    def _after_lost_transaction(self, seq: int, cmd: int, stmt: Classified | None) -> bool:
+        """The client's transaction was lost with its link. True: the command was answered here.
+
+        Until the client says ROLLBACK, every statement fails (COMMIT too): run on a new link
+        in autocommit, they would commit the second half of a transaction whose first half is gone.
+        """
+        session = self.session
+        assert session is not None
+        if cmd in _AFTER_LOST_TRANSACTION:
+            return False
+        if stmt is not None and Kind.ROLLBACK in stmt.kind and stmt.statements == 1:
+            session.transaction_lost = ""
+            log.info("client %d: ROLLBACK after a lost transaction; going on", self.proxy_id)
+            self._write(frame(build_ok(OK(status=self._status()), session.client_caps), seq + 1))
+            return True
+        self.send_error(Err.CONNECTION_KILLED, f"The transaction was rolled back: {session.transaction_lost}. Nothing "
+                        "of it was committed; send ROLLBACK before the next statement", seq + 1)
+        return True
 
     # -- LOCAL INFILE ------------------------------------------------------------------------
 
@@ -822,6 +953,7 @@ class ClientConnection(asyncio.Protocol):
         assert self._login is not None
         session.state.variables.update(self.upstream.charset_variables(self._login.collation))
         session.forget_link_state()
+        _statements_closed(self.pool, [ps.sql for ps in session.statements.values()], None)
         session.statements.clear()
         if refused is not None:
             self.send_error(refused.code, refused.message, refused.seq)
@@ -845,22 +977,32 @@ class ClientConnection(asyncio.Protocol):
             await self._reset_session(seq, step)
             return
         await self._drop_link_state()
+        if self.session is not None:
+            _statements_closed(self.pool, [ps.sql for ps in self.session.statements.values()], None)
         self.session = None
         self._phase = _LOGIN
         self._login_step(step)
 
     # -- KILL ---------------------------------------------------------------------------------
 
-    def _kill(self, seq: int, stmt: Classified) -> bool:
-        """KILL [QUERY] <proxy id>: act on the link serving that client. True if answered here."""
-        target = self.server.clients.get(stmt.kill_id or -1)
-        if target is None:
+    def _kill(self, seq: int, stmt: Classified) -> None:
+        """KILL [QUERY] <proxy id>: act on the link serving that client.
+
+        Only the ids this proxy gave are known to clients; a KILL the proxy cannot translate
+        (inside a multi-statement, of an expression, KILL USER) is refused, never sent: it would
+        name the server's threads, which serve other clients."""
+        if stmt.kill_id is None:
+            self.send_error(Err.NOT_SUPPORTED_YET, "mysql-pool-proxy translates only KILL [CONNECTION | QUERY] <id> "
+                            "sent alone, with the id of a connection to this proxy", seq + 1)
+            return
+        target = self.server.clients.get(stmt.kill_id)
+        if target is None or target.session is None:
             self.send_error(Err.UNKNOWN_THREAD, f"Unknown thread id: {stmt.kill_id}", seq + 1)
-            return True
-        if target.upstream is not self.upstream:
-            # Another pool's client runs as another server account: the server would refuse it too.
+            return
+        if target.upstream is not self.upstream or target.session.user != self.session.user:  # type: ignore[union-attr]
+            # Another account's connection: the server refuses that without SUPER, and so does the proxy.
             self.send_error(Err.NOT_THREAD_OWNER, f"You are not owner of thread {stmt.kill_id}", seq + 1)
-            return True
+            return
         link = target.link
         if link is None or not target.busy:
             if not stmt.kill_query_only:
@@ -868,7 +1010,36 @@ class ClientConnection(asyncio.Protocol):
         self._write(frame(build_ok(OK(status=self._status()), self.session.client_caps if self.session else 0), seq + 1))
         if link is not None and (target.busy or not stmt.kill_query_only):
             self.server.spawn(self.upstream.kill_backend_thread(link.facts.thread_id, stmt.kill_query_only))
-        return True
+
+    def _processlist(self, seq: int, sql: bytes) -> None:
+        """SHOW [FULL] PROCESSLIST: this account's connections to the proxy, under the ids they know.
+
+        The server's own list would show its thread ids (which serve every client in turn) and,
+        with the PROCESS privilege, other accounts' sessions."""
+        session = self.session
+        assert session is not None
+        full = b"full" in sql.lower()
+        now = time.monotonic()
+        rows = []
+        for client in list(self.server.clients.values()):
+            other = client.session
+            if other is None or client.upstream is not self.upstream or other.user != session.user:
+                continue
+            running = client is self or client.busy
+            current = client._current
+            info = None
+            if client is self:
+                info = sql.decode(errors="replace")
+            elif running and current is not None and current[2] == Command.QUERY:
+                info = current[1][1:].decode(errors="replace")
+            if info is not None and not full:
+                info = info[:100]
+            host = client.peer
+            rows.append([client.proxy_id, other.user, host, other.state.schema, "Query" if running else "Sleep",
+                         int(now - (client.idle_since if not running else now)), "" if not running else "executing", info])
+        columns = ["Id", "User", "Host", "db", "Command", "Time", "State", "Info"]
+        packets = build_result_set(columns, rows, self._status(), session.client_caps, numeric={"Id", "Time"})
+        self._write(b"".join(frame(pk, seq + 1 + i) for i, pk in enumerate(packets)))
 
     async def kill_connection(self) -> None:
         """Another client killed this one (KILL <our proxy id>): closed without a word, as the server does."""
@@ -885,11 +1056,9 @@ class ClientConnection(asyncio.Protocol):
             return
         log.warning("client %d: idle in transaction for over %gs; rolling back", self.proxy_id,
                     self.upstream.spec.pool.idle_transaction_timeout)
-        self._deferred_error = (
-            Err.CONNECTION_KILLED,
-            "Transaction rolled back by mysql-pool-proxy: idle in transaction longer than idle_transaction_timeout",
-        )
         self.busy = True
         session.pins.clear()
+        # Its next statements fail until ROLLBACK: none of them may autocommit.
+        session.transaction_lost = "it was idle longer than mysql-pool-proxy's idle_transaction_timeout"
         await self._drop_link_state()
         self._done()

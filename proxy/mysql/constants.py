@@ -188,6 +188,7 @@ class Err:
     QUERY_INTERRUPTED = 1317
     UNKNOWN_STMT_HANDLER = 1243
     NOT_SUPPORTED_YET = 1235
+    UNSUPPORTED_PS = 1295  # this command is not supported in the prepared statement protocol
     CONNECTION_KILLED = 1927
     SERVER_GONE = 2006  # client-side codes, used for "your backend went away"
     SERVER_LOST = 2013
@@ -213,6 +214,7 @@ SQLSTATE: dict[int, str] = {
     Err.QUERY_INTERRUPTED: "70100",
     Err.UNKNOWN_STMT_HANDLER: "HY000",
     Err.NOT_SUPPORTED_YET: "42000",
+    Err.UNSUPPORTED_PS: "HY000",
     Err.CONNECTION_KILLED: "70100",
     Err.SERVER_GONE: "HY000",
     Err.SERVER_LOST: "HY000",
