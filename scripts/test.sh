@@ -59,7 +59,7 @@ fi
 # (exit 101) keeps it and any other service of these packages from starting, and is removed after.
 wordpress_missing() {
     [ -f /usr/share/wordpress/wp-settings.php ] && [ -d /usr/share/wordpress/wp-content/themes/twentytwentyone ] &&
-        command -v php8.2 >/dev/null 2>&1 && php8.2 -m 2>/dev/null | grep -qx mysqli && return 1
+        command -v php8.2 >/dev/null 2>&1 && php8.2 -m 2>/dev/null | grep -x mysqli >/dev/null && return 1
     return 0
 }
 if wordpress_missing; then
