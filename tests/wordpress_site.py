@@ -29,7 +29,7 @@ import subprocess
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -453,9 +453,3 @@ class ConnectionSampler:
         self._thread.join(30)
         if self.error is not None:
             raise SiteError(f"the connection sampler failed: {self.error!r}") from self.error
-
-
-def fetch_all(site: WordPressSite, target: str, pages: Sequence[Page]) -> Iterator[Response]:
-    """Each page once, one after the other."""
-    for page in pages:
-        yield site.request(target, page.path)
