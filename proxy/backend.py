@@ -69,6 +69,8 @@ class RelaySink(Protocol):
     def relay_chunks(self, chunks: Sequence[bytes | memoryview]) -> None: ...
     # DONE (the response ended) or INFILE; ``chunks``: the bytes up to there, not yet relayed.
     def relay_done(self, link: BackendLink, event: int, chunks: Sequence[bytes | memoryview]) -> None: ...
+    # LOCAL INFILE back-pressure: stop (True) or go on (False) reading the client's file.
+    def hold_client_input(self, hold: bool) -> None: ...
     # ``sent``: the command was written to the link, so the server may have run it.
     def relay_failed(self, link: BackendLink, error: Exception, received_any: bool, sent: bool = True) -> None: ...
 
@@ -218,11 +220,15 @@ class BackendLink(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(LinkLost(f"server closed the link ({exc})" if exc else "server closed the link"))
 
-    def pause_writing(self) -> None:  # the server reads slower than a client sends (LOCAL INFILE)
-        pass
+    def pause_writing(self) -> None:
+        # The server reads slower than a client sends (LOCAL INFILE): stop reading that client,
+        # so the file waits in its socket, not in the proxy's memory.
+        if self._sink is not None:
+            self._sink.hold_client_input(True)
 
     def resume_writing(self) -> None:
-        pass
+        if self._sink is not None:
+            self._sink.hold_client_input(False)
 
     # -- lifecycle ----------------------------------------------------------------
 

@@ -115,6 +115,11 @@ class PoolConfig:
     max_lifetime: float = 3600.0
     # Roll back and disconnect a client idle inside a transaction for longer (0: never).
     idle_transaction_timeout: float = 0.0
+    # Close a client idle this long while it holds a link for itself (pinned: a transaction, a
+    # user variable, a lock ...); its link is reset (rolled back) and returns (0: never).
+    pinned_idle_timeout: float = 600.0
+    # Close a client that reads none of a response for this long (it holds a link meanwhile).
+    client_write_timeout: float = 60.0
     # Seconds between reconnect attempts while the server is unreachable grow to this cap.
     reconnect_backoff_max: float = 2.0
 
@@ -418,7 +423,8 @@ def _pool_spec(backend_raw: Any, pool_raw: Any, users_raw: Any, prefix: str, war
     _check(pool.queue_timeout > 0, f"{p}.queue_timeout", "must be > 0 seconds")
     _check(pool.connect_timeout > 0, f"{p}.connect_timeout", "must be > 0 seconds")
     _check(pool.max_concurrent_connects >= 1, f"{p}.max_concurrent_connects", "must be at least 1")
-    for key in ("ping_after_idle", "idle_timeout", "max_lifetime", "idle_transaction_timeout"):
+    for key in ("ping_after_idle", "idle_timeout", "max_lifetime", "idle_transaction_timeout", "pinned_idle_timeout",
+                "client_write_timeout"):
         _check(getattr(pool, key) >= 0, f"{p}.{key}", "must be >= 0 (0 disables it)")
     _check(pool.reconnect_backoff_max > 0, f"{p}.reconnect_backoff_max", "must be > 0")
     if users_raw is None:

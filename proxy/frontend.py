@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 import time
 from collections import Counter, deque
@@ -31,6 +32,7 @@ from .mysql.stmt import LAST_PREPARED, bind_execute, statement_id, with_statemen
 from .session import (
     PIN_CURSOR,
     PIN_LONG_DATA,
+    PIN_NEXT_STATEMENT,
     PIN_TRANSACTION,
     LinkState,
     PreparedStatement,
@@ -63,6 +65,20 @@ _STATEMENTS = frozenset({Command.QUERY, Command.STMT_EXECUTE})
 _LINK_CLOSING = frozenset({Err.CONNECTION_KILLED, Err.SERVER_LOST})
 _LOGIN, _COMMAND, _INFILE, _CLOSED = range(4)
 MAX_PIPELINED = 16  # commands queued from one client before its socket is paused
+# Bytes a client may send before it has logged in: a handshake response with connection
+# attributes, or an auth switch answer, is a few KB. A client announcing more is refused at the
+# packet header, before the bytes arrive (40 such clients sending 8 MB each grew the proxy by 320 MB).
+LOGIN_MAX_PAYLOAD = 64 * 1024
+# Connections that have not logged in yet, at most: they do not count against
+# max_client_connections (silent sockets must not lock logins and the admin console out), and
+# handshake_timeout closes each.
+MAX_PENDING_LOGINS = 1024
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def printable(text: str) -> str:
+    """A client-supplied name for a log line: control characters escaped, so none can forge a line."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 # How many client statements (prepared, not yet closed) name each SQL text, per pool (by id):
 # a server copy no client holds any more is closed at once where it can be (_statements_closed).
@@ -141,6 +157,7 @@ class ClientContext(Protocol):
 
     config: Config
     clients: dict[int, ClientConnection]
+    pending_logins: int  # connections in ``clients`` that have not logged in yet
     client_stats: ClientStats
     listen_tls: ssl.SSLContext | None  # offered to clients when set (listen.tls_cert)
 
@@ -175,7 +192,7 @@ class ClientConnection(asyncio.Protocol):
         self.connected_at = time.monotonic()
         self.idle_since = self.connected_at
         self._phase = _LOGIN
-        self._reader = PacketReader(max_payload=server.config.max_allowed_packet)
+        self._reader = PacketReader(max_payload=LOGIN_MAX_PAYLOAD)  # max_allowed_packet once logged in
         self._pending: deque[tuple[int, bytes]] = deque()
         self._login: Login | None = None  # made once the peer is known
         self._handshake_timer: asyncio.TimerHandle | None = None
@@ -190,6 +207,7 @@ class ClientConnection(asyncio.Protocol):
         self._waiter: Waiter | None = None  # queued in the pool for a link
         self._pool_kind = 0
         self._paused_link: BackendLink | None = None  # a link paused for this client's back-pressure
+        self.write_stalled_since = 0.0  # when the client stopped reading (0: it reads); client_write_timeout
         self.statements = 0
         self.is_admin = False
 
@@ -201,18 +219,19 @@ class ClientConnection(asyncio.Protocol):
         # Over listen.unix_socket there is no address: the server calls such a client 'localhost'.
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "localhost"
         self.server.clients[self.proxy_id] = self
-        if len(self.server.clients) > self.server.config.listen.max_client_connections:
-            self._fatal(Err.CON_COUNT, "Too many connections (mysql-pool-proxy max_client_connections reached)", seq=0)
+        if self.server.pending_logins >= MAX_PENDING_LOGINS:
+            self._fatal(Err.CON_COUNT, "Too many connections (mysql-pool-proxy: too many clients still logging in)", seq=0)
             return
         listen = self.server.config.listen
+        loop = asyncio.get_running_loop()
+        self._handshake_timer = loop.call_later(listen.handshake_timeout, self._handshake_expired)
+        self.server.pending_logins += 1  # while the timer runs (_login_ended)
         # A unix socket client is local: TLS would protect nothing, so it is never required.
         self._login = Login(listen.auth_plugin, self._password_of, self.peer.rsplit(":", 1)[0],
                             offer_tls=self.server.listen_tls is not None,
                             require_tls=listen.require_tls and isinstance(peer, tuple))
         version, caps = self.server.greeting_facts()
         self._write(self._login.greeting(version or SERVER_VERSION, self.proxy_id, caps))
-        loop = asyncio.get_running_loop()
-        self._handshake_timer = loop.call_later(self.server.config.listen.handshake_timeout, self._handshake_expired)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -241,20 +260,26 @@ class ClientConnection(asyncio.Protocol):
                     self._paused_reading = True
                     self.transport.pause_reading()
         except ProtocolError as e:
-            log.warning("client %d (%s): %s; closing", self.proxy_id, self.peer, e)
+            log.warning("client %d (%s): %s; closing", self.proxy_id, self.peer, printable(str(e)))
             self._fatal(e.code, str(e), seq=0)
         except Exception:  # noqa: BLE001 - one bad client must never take the daemon down
             log.exception("client %d (%s): internal error; closing this client", self.proxy_id, self.peer)
             self._fatal(Err.NET_READ_ERROR, "mysql-pool-proxy internal error; connection closed", seq=0)
 
+    def _login_ended(self) -> None:
+        """The login finished or failed: no longer counted among the pending ones."""
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+            self.server.pending_logins -= 1
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._phase = _CLOSED
+        self._login_ended()
         if self.session is not None and self.session.statements:
             _statements_closed(self.pool, [ps.sql for ps in self.session.statements.values()], None)
         if self.server.clients.pop(self.proxy_id, None) is not None:
             self.server.client_stats.statements_of_departed += self.statements
-        if self._handshake_timer:
-            self._handshake_timer.cancel()
         if self._waiter is not None:
             self.pool.cancel(self._waiter)
             self._waiter = None
@@ -274,11 +299,13 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # The client reads slower than the server sends: stop reading the server.
+        self.write_stalled_since = time.monotonic()
         if self.link is not None:
             self._paused_link = self.link
             self.link.pause_reading()
 
     def resume_writing(self) -> None:
+        self.write_stalled_since = 0.0
         # The paused link may have gone back to the pool meanwhile (the pool resumes it then).
         link, self._paused_link = self._paused_link, None
         if link is not None and link.leased_by == self.proxy_id:
@@ -318,7 +345,7 @@ class ClientConnection(asyncio.Protocol):
         try:
             step = self._login.receive(seq, payload)
         except ProtocolError as e:
-            log.warning("client %d (%s): bad handshake: %s", self.proxy_id, self.peer, e)
+            log.warning("client %d (%s): bad handshake: %s", self.proxy_id, self.peer, printable(str(e)))
             self._fatal(Err.HANDSHAKE, f"Bad handshake: {e}", seq + 1)
             return
         self._login_step(step)
@@ -329,7 +356,8 @@ class ClientConnection(asyncio.Protocol):
         elif type(step) is Refused:
             assert self._login is not None
             log.warning("client %d (%s): %s for user '%s'", self.proxy_id, self.peer,
-                        "access denied" if step.code == Err.ACCESS_DENIED else step.message, self._login.user)
+                        "access denied" if step.code == Err.ACCESS_DENIED else printable(step.message),
+                        printable(self._login.user))
             self._fatal(step.code, step.message, step.seq)
         elif type(step) is StartTls:
             # Whatever the reader holds behind the SSLRequest is the start of the TLS handshake.
@@ -350,7 +378,8 @@ class ClientConnection(asyncio.Protocol):
         upstream = self.server.first_upstream() if self.is_admin else self.server.route(login.user)
         if upstream is None:
             # A reload removed the user's pool between the password check and now.
-            log.warning("client %d (%s): user '%s' has no pool since the last reload", self.proxy_id, self.peer, login.user)
+            log.warning("client %d (%s): user '%s' has no pool since the last reload", self.proxy_id, self.peer,
+                        printable(login.user))
             self._fatal(Err.ACCESS_DENIED, f"Access denied for user '{login.user}'", seq)
             return
         self.upstream = upstream
@@ -365,8 +394,14 @@ class ClientConnection(asyncio.Protocol):
         self.session.state.variables.update(upstream.charset_variables(login.collation))
         # Links opened with CLIENT_FOUND_ROWS or metadata caching answer differently: the pool keeps them apart.
         self._pool_kind = login.caps & KIND_CAPS
-        if self._handshake_timer:
-            self._handshake_timer.cancel()
+        self._login_ended()
+        self._reader.max_payload = self.server.config.max_allowed_packet
+        # Logged-in clients count against max_client_connections (the admin console never does,
+        # as the server keeps a connection for SUPER).
+        logged_in = len(self.server.clients) - self.server.pending_logins
+        if not self.is_admin and logged_in > self.server.config.listen.max_client_connections:
+            self._fatal(Err.CON_COUNT, "Too many connections (mysql-pool-proxy max_client_connections reached)", seq)
+            return
         if login.database and login.database not in upstream.known_schemas and not self.is_admin:
             try:
                 link = await self.pool.acquire(self._pool_kind)
@@ -388,7 +423,7 @@ class ClientConnection(asyncio.Protocol):
             self.pool.release(link)
         if self._phase == _CLOSED:
             return
-        log.debug("client %d (%s) logged in as %s", self.proxy_id, self.peer, login.user)
+        log.debug("client %d (%s) logged in as %s", self.proxy_id, self.peer, printable(login.user))
         self._write(frame(build_ok(OK(status=Status.AUTOCOMMIT), login.caps), seq))
         if login.caps & Cap.COMPRESS and type(self.transport) is not ClientCompression:
             # Everything after the login's OK is compressed, a COM_CHANGE_USER's answers too.
@@ -900,6 +935,16 @@ class ClientConnection(asyncio.Protocol):
 
     # -- LOCAL INFILE ------------------------------------------------------------------------
 
+    def hold_client_input(self, hold: bool) -> None:
+        """The link's send buffer is full (or drained again) while it takes this client's file."""
+        t = self.transport
+        if t is None or t.is_closing() or self._paused_reading:
+            return  # paused for pipelining already: _run_pending resumes it
+        if hold:
+            t.pause_reading()
+        else:
+            t.resume_reading()
+
     def _start_infile(self, link: BackendLink) -> None:
         assert self.session is not None
         if not self.session.client_caps & Cap.LOCAL_FILES:
@@ -972,7 +1017,7 @@ class ClientConnection(asyncio.Protocol):
             self._fatal(Err.HANDSHAKE, "Bad COM_CHANGE_USER packet", seq + 1)
             return
         if type(step) is Refused and self.session is not None:
-            log.warning("client %d (%s): COM_CHANGE_USER to '%s' refused", self.proxy_id, self.peer, login.user)
+            log.warning("client %d (%s): COM_CHANGE_USER to '%s' refused", self.proxy_id, self.peer, printable(login.user))
             login.user, login.database, login.collation = before
             await self._reset_session(seq, step)
             return
@@ -1048,6 +1093,37 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()
 
     # -- janitor hooks ------------------------------------------------------------------------
+
+    def close_stalled_reader(self) -> None:
+        """client_write_timeout: the client read nothing of its response for too long. Its link,
+        mid-response, is closed (never reused); the pool opens another for the clients waiting."""
+        log.warning("client %d (%s): read nothing of its result for over %gs (client_write_timeout); closing it",
+                    self.proxy_id, self.peer, self.upstream.spec.pool.client_write_timeout)
+        self.write_stalled_since = 0.0
+        if self.transport is not None:
+            self.transport.abort()  # an error packet would only queue behind what it does not read
+
+    def close_idle_pinned(self) -> None:
+        """pinned_idle_timeout: idle too long while holding a link. The link is reset (an open
+        transaction rolls back) and goes back to the pool; the client learns why, then is closed."""
+        session = self.session
+        reasons = ", ".join(session.pins) if session else ""
+        log.warning("client %d (%s): idle for over %gs while holding a server connection (pinned for %s; "
+                    "pinned_idle_timeout); closing it", self.proxy_id, self.peer,
+                    self.upstream.spec.pool.pinned_idle_timeout, reasons)
+        self._fatal(Err.CONNECTION_KILLED, "Connection closed by mysql-pool-proxy: idle longer than pinned_idle_timeout "
+                    f"while holding a server connection ({reasons}); an open transaction was rolled back", seq=0)
+
+    def give_up_diagnostics(self) -> None:
+        """Others wait for a link this idle client keeps only for questions about its last
+        statement's warnings: let it go. A later SHOW WARNINGS runs on a cleared link (empty, never
+        another session's)."""
+        session, link = self.session, self.link
+        if self.busy or session is None or link is None or set(session.pins) != {PIN_NEXT_STATEMENT}:
+            return
+        session.unpin(PIN_NEXT_STATEMENT)
+        self.link = None
+        self.pool.release(link)
 
     async def end_idle_transaction(self) -> None:
         """idle_transaction_timeout: roll the transaction back and give the link to others."""

@@ -17,7 +17,7 @@ from . import config as config_mod
 from . import tls
 from .config import Config
 from .frontend import ClientConnection, ClientStats
-from .session import PIN_TRANSACTION
+from .session import PIN_NEXT_STATEMENT, PIN_TRANSACTION
 from .upstream import Upstream
 
 log = logging.getLogger("proxy.server")
@@ -111,6 +111,7 @@ class ProxyServer:
         # Pools a reload removed: no new logins; closed once their last client has left.
         self._retired: list[Upstream] = []
         self.clients: dict[int, ClientConnection] = {}
+        self.pending_logins = 0  # of those, not logged in yet (frontend.MAX_PENDING_LOGINS)
         self.client_stats = ClientStats()
         self._next_id = 0
         self.clients_total = 0
@@ -236,13 +237,29 @@ class ProxyServer:
                 self._close_retired()
                 now = time.monotonic()
                 for client in list(self.clients.values()):
-                    s = client.session
-                    limit = client.upstream.spec.pool.idle_transaction_timeout
-                    if (limit and s is not None and not client.busy and PIN_TRANSACTION in s.pins
-                            and now - client.idle_since > limit):
-                        self.spawn(client.end_idle_transaction())
+                    self._watch_client(client, now)
             except Exception:  # noqa: BLE001 - the janitor must outlive any one bad pass
                 log.exception("janitor pass failed")
+
+    def _watch_client(self, client: ClientConnection, now: float) -> None:
+        """The per-client time bounds: no client holds a link for nothing for long."""
+        pool_cfg = client.upstream.spec.pool
+        if client.write_stalled_since and pool_cfg.client_write_timeout and (
+                now - client.write_stalled_since > pool_cfg.client_write_timeout):
+            client.close_stalled_reader()
+            return
+        s = client.session
+        if s is None or client.busy or not s.pins:
+            return
+        idle = now - client.idle_since
+        if s.pins.keys() == {PIN_NEXT_STATEMENT}:
+            # Kept only for a question about its last statement's warnings: not while others wait.
+            if client.upstream.pool.waiters or (pool_cfg.pinned_idle_timeout and idle > pool_cfg.pinned_idle_timeout):
+                client.give_up_diagnostics()
+        elif pool_cfg.idle_transaction_timeout and PIN_TRANSACTION in s.pins and idle > pool_cfg.idle_transaction_timeout:
+            self.spawn(client.end_idle_transaction())
+        elif pool_cfg.pinned_idle_timeout and idle > pool_cfg.pinned_idle_timeout:
+            client.close_idle_pinned()
 
     def reload(self) -> None:
         """SIGHUP: re-read the config; keep the old one if the new one is bad."""

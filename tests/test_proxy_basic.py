@@ -663,10 +663,14 @@ def test_health_answers_for_the_proxy_its_config_names(proxy_factory, tmp_path: 
     ok = _run(["health", "-c", str(_write(tmp_path, env_only, "env-only.yaml"))])
     assert ok.returncode == 0, ok.stderr
 
-    # Full: the greeting is the proxy's ERR 1040. Busy, not broken: healthy, and it says why.
+    # Full: it still greets (max_client_connections counts logged-in clients; a login past it gets
+    # 1040). Busy, not broken: healthy.
     held = p.connect()
     full = _run(["health", "-c", str(p.config_path)])
-    assert full.returncode == 0 and "error 1040" in full.stderr, (full.stdout, full.stderr)
+    assert full.returncode == 0 and full.stdout.startswith(f"127.0.0.1:{p.port}: "), (full.stdout, full.stderr)
+    with pytest.raises(pymysql.err.OperationalError) as refused:
+        p.connect()
+    assert refused.value.args[0] == 1040
     held.close()
 
     assert p.stop() in (0, -15)
