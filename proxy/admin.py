@@ -53,6 +53,7 @@ def show_pools(server: ConsoleContext, caps: int) -> list[bytes]:
     for upstream in server.upstreams.values():
         snap = upstream.pool.snapshot()
         snap["account_limit"] = upstream.account_limit  # the server's max_user_connections for the account
+        snap["backend"] = f"{upstream.spec.backend.user}@{upstream.spec.backend.address}"
         snaps.append(snap)
     cols = list(snaps[0])
     numeric = {k for k, v in snaps[0].items() if isinstance(v, int)} | {"account_limit"}

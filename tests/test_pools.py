@@ -104,6 +104,7 @@ def test_each_user_reaches_its_own_pool_and_each_pool_keeps_its_cap(
     pools = {r["pool"]: r for r in admin_rows(p, "SHOW POOLS")}
     assert set(pools) == {"shop", "blog"}
     assert int(pools["shop"]["cap"]) == 2 and int(pools["blog"]["cap"]) == 3
+    assert pools["shop"]["backend"] == f"{SHOP}@{mariadb.host}:{mariadb.port}"
     assert int(pools["shop"]["max_open_seen"]) <= 2 and int(pools["blog"]["max_open_seen"]) <= 3
     # 20 clients x 10 statements each, plus each pool's warm-up lease.
     assert int(pools["shop"]["leases"]) >= 200 and int(pools["blog"]["leases"]) >= 200
