@@ -244,7 +244,7 @@ def bench(db: MariaDB, src: Path, versus: Path | None, args: argparse.Namespace)
         site = ws.WordPressSite.create(base / "site", DB, targets, default="direct")
         stack.callback(os.rmdir, base)
         stack.callback(site.remove)
-        site.start(workers=args.workers, start_new_session=True)
+        site.start(workers=args.workers)
         site.install("direct")
         made = site.add_posts("direct", args.posts)
         # The comments all go to the first post, which the visitors do not load: a post page renders

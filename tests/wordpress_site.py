@@ -177,14 +177,19 @@ class WordPressSite:
             settings += ["-d", "opcache.enable_cli=1", "-d", "opcache.validate_timestamps=0"]
         return settings
 
-    def start(self, workers: int = 8, opcache: bool = True, start_new_session: bool = False) -> None:
-        """``php -S`` on 127.0.0.1:port with ``workers`` worker processes; waits until it answers."""
+    def start(self, workers: int = 8, opcache: bool = True) -> None:
+        """``php -S`` on 127.0.0.1:port with ``workers`` worker processes; waits until it answers.
+
+        It runs in a session (and process group) of its own: its workers outlive a SIGTERM to the
+        server process, so ``stop`` signals the whole group. (A session of its own is also how a
+        web server runs as a service: the benchmark's CPU shares rely on it.)
+        """
         env = dict(os.environ, PHP_CLI_SERVER_WORKERS=str(workers))
         cmd = [self.php, *self._php_settings(opcache), "-S", f"127.0.0.1:{self.port}", "-t", str(self.docroot)]
         with open(self.base / "php-server.log", "ab") as out:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                          cwd=self.base, env=env, preexec_fn=die_with_parent(signal.SIGKILL),
-                                         start_new_session=start_new_session)
+                                         start_new_session=True)
         deadline = time.monotonic() + 15
         while True:
             if self.proc.poll() is not None:
@@ -198,9 +203,19 @@ class WordPressSite:
                 time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc, 10)
-            self.proc = None
+        """SIGTERM to the server and its workers (SIGKILL after 10 s), and wait for the server."""
+        if self.proc is None:
+            return
+        group = self.proc.pid  # the group leader: start_new_session made it so
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(group, sig)
+            except ProcessLookupError:
+                break
+            if _group_gone(group, 10):
+                break
+        stop_process(self.proc, 10)  # reaps it (and kills it, if it somehow left the group)
+        self.proc = None
 
     @property
     def pids(self) -> list[int]:
@@ -280,6 +295,31 @@ class Content:
     @property
     def post_ids(self) -> list[int]:
         return [i for i, _ in self.posts]
+
+
+def _group_gone(group: int, timeout: float) -> bool:
+    """Wait until no process of process group ``group`` is left, apart from an unreaped leader."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        members = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _pgrp(p) == group]
+        if all(_zombie(p) for p in members):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _pgrp(proc: Path) -> int | None:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[2])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _zombie(proc: Path) -> bool:
+    try:
+        return (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
 
 
 def strip_tags(html: str) -> str:
