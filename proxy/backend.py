@@ -323,9 +323,17 @@ class BackendLink(asyncio.Protocol):
     async def exchange(self, commands: Sequence[tuple[int, bytes]]) -> list[Reply]:
         """Send commands pipelined (one round trip) and read each response.
 
-        Raises ServerError for the first ERR answer (the link stays usable) and
-        LinkLost when the link died.
+        Raises ServerError for the first ERR answer (the link stays usable) and LinkLost when
+        the link died or sent what the proxy cannot follow (the link is closed then): callers
+        catch these two, and nothing else can leave a link half-used.
         """
+        try:
+            return await self._exchange(commands)
+        except ProtocolError as e:
+            self._fail(e)
+            raise LinkLost(f"the server sent what the proxy cannot follow: {e}") from e
+
+    async def _exchange(self, commands: Sequence[tuple[int, bytes]]) -> list[Reply]:
         self._mode = _EXCHANGE
         if self.closed or self.transport is None:
             raise self._lost or LinkLost("link closed")

@@ -637,8 +637,15 @@ class ClientConnection(asyncio.Protocol):
                 self.server.spawn(self._prepare_and_send(link, ps))
                 return
             if cmd == Command.STMT_EXECUTE:
-                payload, ps.param_types = bind_execute(payload, prepared.id, ps.num_params, ps.param_types,
-                                                       prepared.bound_types)
+                try:
+                    payload, ps.param_types = bind_execute(payload, prepared.id, ps.num_params, ps.param_types,
+                                                           prepared.bound_types)
+                except ProtocolError as e:
+                    # Nothing was sent: the link is as clean as it was. (This may run in a task,
+                    # where a raise would leave the client waiting with the link.)
+                    self._give_back(link)
+                    self._answer_error(e.code, f"Malformed COM_STMT_EXECUTE: {e}")
+                    return
                 prepared.bound_types = ps.param_types
                 if prepared.columns is not ps.columns and link.tracker.cache_metadata:
                     # Metadata caching: this link's server leaves out definitions it sent before,
