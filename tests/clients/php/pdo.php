@@ -90,6 +90,7 @@ function prepares(Log $log, bool $emulate): void
         $s = null;
     }
     $log->add('300 statements', $sum);
+    $log->add('server keeps at most a few', all($db, "SELECT VARIABLE_VALUE <= 3 FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'PREPARED_STMT_COUNT'"));
     $log->add('buffered query', $db->getAttribute(PDO::MYSQL_ATTR_USE_BUFFERED_QUERY));
     $db->setAttribute(PDO::MYSQL_ATTR_USE_BUFFERED_QUERY, false);
     $s = $db->prepare('SELECT seq FROM seq_1_to_5000');
