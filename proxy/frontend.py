@@ -460,7 +460,8 @@ class ClientConnection(asyncio.Protocol):
         cmd = payload[0]
         stmt = None
         if cmd == Command.QUERY and not self.is_admin:
-            stmt = classify(payload[1:], self._backslash_escapes(session))
+            escapes = session.backslash_escapes
+            stmt = classify(payload[1:], self.upstream.backslash_escapes if escapes is None else escapes)
             if stmt is not None:
                 if session.transaction_lost and self._after_lost_transaction(seq, cmd, stmt):
                     return

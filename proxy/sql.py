@@ -96,8 +96,11 @@ class Classified:
 # to candidates in C (about 1 ns a byte).
 _FAST_LEAD = re.compile(rb"\s*(?:select|insert|update|delete|replace)\s")
 _FAST_FORBIDDEN = re.compile(rb"'|\"|`|@|#|;|\\|\(|/\*|--")
-# Keywords that matter in such a statement though it has no parenthesis.
-_FAST_EXCEPT = (b"sql_calc_found_rows", b"value")
+# Keywords that matter in such a statement though it has no parenthesis: NEXT VALUE FOR a
+# sequence, SQL_CALC_FOUND_ROWS (checked inline in classify). Bound methods: the hot path
+# saves an attribute lookup each.
+_fast_lead = _FAST_LEAD.match
+_fast_forbidden = _FAST_FORBIDDEN.search
 
 
 # -- step 2: literals and comments out -----------------------------------------------------------
@@ -542,8 +545,8 @@ def classify_all(sql: bytes, backslash_escapes: bool | None = None, lowered: byt
 def classify(sql: bytes, backslash_escapes: bool | None = None) -> Classified | None:
     """None for the common statement that needs no special handling (the relay's hot path)."""
     lowered = sql.lower()
-    if (_FAST_LEAD.match(lowered) and not _FAST_FORBIDDEN.search(lowered)
-            and not any(word in lowered for word in _FAST_EXCEPT)):
+    if (_fast_lead(lowered) and not _fast_forbidden(lowered)
+            and b"value" not in lowered and b"sql_calc_found_rows" not in lowered):
         return None
     out = classify_all(sql, backslash_escapes, lowered)
     return out if out.kind else None
