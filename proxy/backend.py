@@ -122,6 +122,7 @@ class ServerStatement:
 class LinkFacts:
     server_version: str = ""
     server_caps: int = 0  # what the server's greeting offered
+    server_collation: int = 0  # the greeting's character set: the server's default collation
     thread_id: int = 0
     # The greeting's scramble and the plugin the link logged in with: a COM_CHANGE_USER answers with them.
     scramble: bytes = b""
@@ -491,6 +492,7 @@ async def _authenticate(link: BackendLink, cfg: BackendConfig, tls: ssl.SSLConte
     link.facts.server_version = hs.server_version
     link.facts.thread_id = hs.connection_id
     link.facts.server_caps = hs.capabilities
+    link.facts.server_collation = hs.collation
     caps = BACKEND_CAPS | (link.kind & KIND_CAPS)
     caps &= hs.capabilities | Cap.LONG_PASSWORD | Cap.FOUND_ROWS
     if caps >> 32:

@@ -167,7 +167,7 @@ class ClientContext(Protocol):
 
     def first_upstream(self) -> Upstream: ...
 
-    def greeting_facts(self) -> tuple[str | None, int]: ...
+    def greeting_facts(self) -> tuple[str | None, int, int]: ...
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None: ...
 
@@ -230,8 +230,8 @@ class ClientConnection(asyncio.Protocol):
         self._login = Login(listen.auth_plugin, self._password_of, self.peer.rsplit(":", 1)[0],
                             offer_tls=self.server.listen_tls is not None,
                             require_tls=listen.require_tls and isinstance(peer, tuple))
-        version, caps = self.server.greeting_facts()
-        self._write(self._login.greeting(version or SERVER_VERSION, self.proxy_id, caps))
+        version, caps, collation = self.server.greeting_facts()
+        self._write(self._login.greeting(version or SERVER_VERSION, self.proxy_id, caps, collation))
 
     def data_received(self, data: bytes) -> None:
         try:

@@ -90,15 +90,16 @@ class Login:
         self._require_tls = require_tls
         self.tls = False  # the client asked for TLS (SSLRequest) and got it
 
-    def greeting(self, server_version: str, connection_id: int, server_caps: int = 0) -> bytes:
-        """``server_caps``: the backend server's, as far as known (0 before any link was opened)."""
+    def greeting(self, server_version: str, connection_id: int, server_caps: int = 0, collation: int = 0) -> bytes:
+        """``server_caps``, ``collation``: the backend server's capabilities and default collation,
+        as far as known (0 before any link was opened: the greeting then names utf8mb4_general_ci)."""
         self.offered = offered_caps(server_caps) | (Cap.SSL if self._offer_tls else 0)
         hs = Handshake(
             server_version=server_version,
             connection_id=connection_id,
             scramble=self.scramble,
             capabilities=self.offered,
-            collation=DEFAULT_COLLATION,
+            collation=collation or DEFAULT_COLLATION,
             status=Status.AUTOCOMMIT,
             auth_plugin=self.plugin,
         )

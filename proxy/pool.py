@@ -86,6 +86,7 @@ class Pool:
     last_connect_error: str | None = None
     server_version: str | None = None
     server_caps: int = 0  # the server's capabilities, as its last greeting offered them
+    server_collation: int = 0  # its default collation, as its last greeting named it (0: not known yet)
     paused: bool = False
     on_first_link: Callable[[BackendLink], Awaitable[None]] | None = None
     effective_cap: int = 0
@@ -304,6 +305,7 @@ class Pool:
         self.stats.max_open_seen = max(self.stats.max_open_seen, len(self.links))
         self.server_version = link.facts.server_version
         self.server_caps = link.facts.server_caps
+        self.server_collation = link.facts.server_collation
         self.last_connect_error = None
         if not self._first_link_done and self.on_first_link is not None:
             self._first_link_done = True

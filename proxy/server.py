@@ -137,18 +137,20 @@ class ProxyServer:
         """The pool of a client that has not logged in yet, and of the admin console (which sends nothing)."""
         return next(iter(self.upstreams.values()))
 
-    def greeting_facts(self) -> tuple[str | None, int]:
-        """Server version and capabilities for a greeting, sent before the client names its user.
+    def greeting_facts(self) -> tuple[str | None, int, int]:
+        """Server version, capabilities and default collation for a greeting, sent before the
+        client names its user.
 
-        The version is the first pool's server's. The capabilities are those every pool's server
-        offered, so that whichever pool the login picks can honour what the greeting promised;
-        a pool that has not reached its server yet offers nothing extra.
+        The version and collation are the first pool's server's (a client that names no character
+        set takes the greeting's, as it would straight). The capabilities are those every pool's
+        server offered, so that whichever pool the login picks can honour what the greeting
+        promised; a pool that has not reached its server yet offers nothing extra.
         """
         pools = [u.pool for u in self.upstreams.values()]
         caps = pools[0].server_caps
         for pool in pools[1:]:
             caps &= pool.server_caps
-        return pools[0].server_version, caps
+        return pools[0].server_version, caps, pools[0].server_collation
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run a slow path as a task; keep a reference, log what it did not handle."""

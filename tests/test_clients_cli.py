@@ -10,13 +10,15 @@ are the only thing taken out before comparing.
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from clients_harness import fresh_database
-from conftest import APP_PASSWORD, APP_USER, SERVER, MariaDB, ProxyProcess, run_cli
+from proxy.mysql.messages import parse_handshake
+from conftest import APP_PASSWORD, APP_USER, SERVER, MariaDB, ProxyProcess, recv_packet, run_cli
 from test_drivers import Noise, grant_noise_db
 
 # The scripts use MariaDB's sequence tables (seq_1_to_N) and compare MariaDB's own answers.
@@ -68,3 +70,19 @@ def test_mariadb_cli_verbose(name: str, mariadb: MariaDB, proxy_factory: Callabl
     with Noise(p):
         via = _run(p.port, path, OPTIONS[name])
     assert via.splitlines() == direct.splitlines()
+
+
+def test_greeting_names_the_servers_collation(mariadb: MariaDB, proxy_factory: Callable[..., ProxyProcess]) -> None:
+    """Clients that name no character set (the CLI's default-character-set=auto falls back to it,
+    mysqlnd without a charset option) take the greeting's: through the proxy it is the server's."""
+    p = proxy_factory()
+    p.connect().close()  # the proxy has met its server
+
+    def greeting_collation(port: int) -> int:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            return parse_handshake(recv_packet(s)[1]).collation
+
+    direct = greeting_collation(mariadb.port)
+    assert direct == int(mariadb.sql("SELECT ID FROM information_schema.COLLATIONS WHERE COLLATION_NAME = "
+                                     "@@GLOBAL.collation_server")[0][0])
+    assert greeting_collation(p.port) == direct

@@ -264,3 +264,10 @@ def test_require_tls_refuses_a_plain_login_before_checking_the_password() -> Non
     step = lg.receive(1, response(lg, password="wrong"))
     assert step == Refused(Err.SECURE_TRANSPORT_REQUIRED, step.message, 2)  # not 1045: the password is not looked at
     assert "insecure transport" in step.message
+
+
+def test_greeting_names_the_servers_default_collation() -> None:
+    """A client that names no character set takes the greeting's: the server's own, as straight."""
+    lg = login()
+    assert parse_handshake(unpack(lg.greeting("10.11.9-MariaDB", 7, 0, 8))[0][1]).collation == 8  # latin1
+    assert parse_handshake(unpack(lg.greeting("10.11.9-MariaDB", 7))[0][1]).collation == 45  # not known yet

@@ -324,9 +324,10 @@ def test_greeting_offers_what_every_pools_server_offers() -> None:
     server = ProxyServer(config_mod.parse(_multi(backend={"host": "127.0.0.1"})))
     shop, blog = (server.upstreams[name].pool for name in ("shop", "blog"))
     shop.server_version, shop.server_caps = "10.11.9-MariaDB", Cap.MARIADB_CACHE_METADATA | Cap.PROTOCOL_41
-    assert server.greeting_facts() == ("10.11.9-MariaDB", 0)  # blog's server not reached yet: nothing extra
+    shop.server_collation = 8  # latin1_swedish_ci: a server without a character-set setting
+    assert server.greeting_facts() == ("10.11.9-MariaDB", 0, 8)  # blog's server not reached yet: nothing extra
     blog.server_version, blog.server_caps = "8.0.36", Cap.PROTOCOL_41
-    assert server.greeting_facts() == ("10.11.9-MariaDB", Cap.PROTOCOL_41)
+    assert server.greeting_facts() == ("10.11.9-MariaDB", Cap.PROTOCOL_41, 8)
     blog.server_caps |= Cap.MARIADB_CACHE_METADATA
     assert server.greeting_facts()[1] & Cap.MARIADB_CACHE_METADATA
     assert server.route(BLOG) is server.upstreams["blog"] and server.route(SHOP) is server.upstreams["shop"]

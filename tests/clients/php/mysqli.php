@@ -255,6 +255,21 @@ $scenarios = [
         $log->add('prepared call', $sets);
         $s->close();
         $log->add('link still usable', rows($m, 'SELECT @t2, COUNT(*) FROM php_m_proc'));
+        // A CALL executed with a read-only cursor asked for: the server opens none for a CALL.
+        $s = $m->prepare('CALL php_m_two_sets(?, @t4)');
+        $s->attr_set(MYSQLI_STMT_ATTR_CURSOR_TYPE, MYSQLI_CURSOR_TYPE_READ_ONLY);
+        $lim = 2;
+        $s->bind_param('i', $lim);
+        $s->execute();
+        $sets = [];
+        do {
+            if ($r = $s->get_result()) {
+                $sets[] = $r->fetch_all(MYSQLI_NUM);
+            }
+        } while ($s->more_results() && $s->next_result());
+        $log->add('call with a cursor asked for', $sets);
+        $s->close();
+        $log->add('after it', rows($m, 'SELECT @t4'));
         $m->query('CALL php_m_two_sets(1, @t3)');  // query() stores the first set only: the rest must be drained
         try {
             $m->query('SELECT 1');
