@@ -40,7 +40,16 @@ from .session import (
     mark_replayed,
     replay_commands,
 )
-from .sql import Classified, Kind, classify, is_retryable_read, rewrite_call, rewrite_connection_id
+from .sql import (
+    Classified,
+    Kind,
+    classify,
+    is_retryable_read,
+    needs_no_schema,
+    rewrite_call,
+    rewrite_connection_id,
+    rewrite_is_used_lock,
+)
 from .tls import ClientTls
 from .upstream import Upstream
 
@@ -479,6 +488,8 @@ class ClientConnection(asyncio.Protocol):
                     return
                 if Kind.CONNECTION_ID in stmt.kind:
                     payload = bytes((Command.QUERY,)) + rewrite_connection_id(payload[1:], self.proxy_id)
+                if Kind.IS_USED_LOCK in stmt.kind:
+                    payload = bytes((Command.QUERY,)) + rewrite_is_used_lock(payload[1:], self._thread_ids())
                 if Kind.LOAD_LOCAL in stmt.kind and not session.client_caps & Cap.LOCAL_FILES:
                     # The server would refuse it for this client; our link could not (it has LOCAL_FILES).
                     self.send_error(ER_LOCAL_INFILE_DISABLED, _LOCAL_INFILE_MESSAGE, seq + 1)
@@ -733,7 +744,8 @@ class ClientConnection(asyncio.Protocol):
         """Bring the link to the session's state (one pipelined round trip), then send."""
         assert self.session is not None
         try:
-            if self.session.state.schema is None and link.state.schema is not None:
+            if (self.session.state.schema is None and link.state.schema is not None
+                    and not self._needs_no_schema()):
                 # A session with no database must not run on one ("No database selected", 1046).
                 await clear_schema(link, self.upstream.spec.backend)
                 clear_diagnostics = False  # the change of user cleared them
@@ -765,6 +777,14 @@ class ClientConnection(asyncio.Protocol):
             self.pool.release(link)
             return
         self._send(link)
+
+    def _needs_no_schema(self) -> bool:
+        """The current command reads nothing of the default database (mysqli's SET NAMES, SET
+        sql_mode, SELECT @@x before it selects one): a link that has one serves it as it is, with no
+        COM_CHANGE_USER, which on MySQL counts as a new connection against the account's limit."""
+        assert self._current is not None
+        _seq, payload, cmd, _stmt = self._current
+        return cmd == Command.INIT_DB or (cmd == Command.QUERY and needs_no_schema(payload[1:]))
 
     def _answer_error(self, code: int, message: str) -> None:
         """Answer the current command with an error and go on."""
@@ -1063,6 +1083,12 @@ class ClientConnection(asyncio.Protocol):
         self._write(frame(build_ok(OK(status=self._status()), self.session.client_caps if self.session else 0), seq + 1))
         if link is not None and (target.busy or not stmt.kill_query_only):
             self.server.spawn(self.upstream.kill_backend_thread(link.facts.thread_id, stmt.kill_query_only))
+
+    def _thread_ids(self) -> dict[int, int]:
+        """Server thread id -> proxy id, for this pool's clients that hold a link now (a client
+        holding a named lock is pinned, so it holds the link whose thread owns the lock)."""
+        return {c.link.facts.thread_id: c.proxy_id for c in self.server.clients.values()
+                if c.link is not None and c.upstream is self.upstream}
 
     def _processlist(self, seq: int, sql: bytes) -> None:
         """SHOW [FULL] PROCESSLIST: this account's connections to the proxy, under the ids they know.

@@ -48,6 +48,7 @@ class Kind(Flag):
     HANDLER_OPEN = auto()
     KILL = auto()
     CONNECTION_ID = auto()
+    IS_USED_LOCK = auto()  # answers a server thread id: the proxy maps it to the id clients know
     FOLLOW_UP = auto()  # asks about the previous statement (warnings, row count ...)
     SET_TRANSACTION = auto()  # characteristics of the next transaction only
     USER_VARIABLE = auto()
@@ -426,6 +427,8 @@ def _statement(s: bytes, out: Classified) -> bool:
     expressions = _expressions(lead, s) if b"(" in s else b""
     if expressions:
         for name in _call_names(expressions):
+            if name == b"is_used_lock":
+                kind |= Kind.IS_USED_LOCK
             if not _callable(name):
                 kind |= Kind.UNCERTAIN  # a stored function (or a quoted name): it may do anything
             elif name in _NOT_PURE:
@@ -552,6 +555,24 @@ def classify(sql: bytes, backslash_escapes: bool | None = None) -> Classified | 
     return out if out.kind else None
 
 
+_SCHEMA_FREE_LEADS = frozenset((b"set", b"select", b"do", b"show"))
+_NAMES_A_TABLE = re.compile(rb"\b(?:from|into|table|tables|update|join|call|database|schema|columns|index|keys|status|"
+                            rb"create|triggers|events|procedure|function|grants|warnings|errors|privileges)\b")
+
+
+def needs_no_schema(sql: bytes) -> bool:
+    """True only for statements that provably read nothing of the default database: SET NAMES,
+    SET sql_mode = '...', SELECT @@x, ... (no table, no function call: DATABASE() would tell)."""
+    code, certain = _code(sql.lower(), _LEX)
+    if not certain or b"(" in code or _NAMES_A_TABLE.search(code):
+        return False
+    for statement in code.split(b";"):
+        m = _LEAD.match(statement)
+        if m is not None and m.group(1) not in _SCHEMA_FREE_LEADS:
+            return False
+    return True
+
+
 def is_retryable_read(sql: bytes, backslash_escapes: bool | None = None) -> bool:
     """A statement with no effect beyond its answer: it may be sent again on another link."""
     return classify_all(sql, backslash_escapes).read_only
@@ -586,6 +607,45 @@ def rewrite_call(sql: bytes, function: str, value: int) -> bytes:
             pos = call.end()
     out.append(sql[pos:])
     return b"".join(out)
+
+
+_IS_USED_LOCK = re.compile(rb"\bis_used_lock\s*\(", re.I)
+
+
+def rewrite_is_used_lock(sql: bytes, proxy_ids: dict[int, int]) -> bytes:
+    """Make IS_USED_LOCK() answer the proxy id of the client holding the lock, not the id of the
+    server thread that holds it for that client (``proxy_ids``: thread id -> proxy id). A thread
+    that serves no client of this proxy keeps its own id."""
+    spans = _code_spans(sql)
+    out, pos = [], 0
+    for start, end in spans:
+        for call in _IS_USED_LOCK.finditer(sql, start, end):
+            close = _matching_paren(sql, call.end(), spans)
+            if close is None or close < pos:
+                continue
+            cases = b"".join(b" WHEN %d THEN %d" % kv for kv in proxy_ids.items())
+            out += [sql[pos:call.start()], b"(CASE ", sql[call.start():close + 1],
+                    cases or b" WHEN NULL THEN NULL", b" ELSE ", sql[call.start():close + 1], b" END)"]
+            pos = close + 1
+    out.append(sql[pos:])
+    return b"".join(out)
+
+
+def _matching_paren(sql: bytes, start: int, spans: list[tuple[int, int]]) -> int | None:
+    """The index of the ')' closing the '(' just before ``start``, counting parentheses in code only."""
+    depth = 1
+    for span_start, span_end in spans:
+        if span_end <= start:
+            continue
+        for i in range(max(start, span_start), span_end):
+            c = sql[i]
+            if c == 0x28:
+                depth += 1
+            elif c == 0x29:
+                depth -= 1
+                if not depth:
+                    return i
+    return None
 
 
 def rewrite_connection_id(sql: bytes, proxy_id: int) -> bytes:

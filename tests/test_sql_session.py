@@ -72,6 +72,7 @@ K = Kind
         (b"XA ROLLBACK 'trx1'", K.XA_END),
         (b"HANDLER t OPEN", K.HANDLER_OPEN),
         (b"SELECT CONNECTION_ID()", K.CONNECTION_ID),
+        (b"SELECT IS_FREE_LOCK('a'), IS_USED_LOCK('a')", K.IS_USED_LOCK),  # answers a thread id: mapped
         (b"SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", K.SET_TRANSACTION),
         (b"SET @u = 1", K.USER_VARIABLE | K.USER_VARIABLE_ASSIGNED),
         (b"SELECT 1 INTO @x", K.USER_VARIABLE | K.USER_VARIABLE_ASSIGNED),
@@ -101,7 +102,6 @@ def test_classify_kinds(sql: bytes, kind: Kind) -> None:
         b"DELETE FROM t WHERE id = 3",
         b"SELECT * FROM t WHERE id = 1 FOR UPDATE",
         b"SELECT * FROM t LOCK IN SHARE MODE",  # row locks end with the transaction, which is tracked
-        b"SELECT IS_FREE_LOCK('a'), IS_USED_LOCK('a')",
         b"SELECT * FROM transactions",
         b"SELECT `t`.`title` FROM `t` WHERE `t`.`title` IN ('a', 'b')",  # a quoted column before IN (
         b"SELECT deadlock_count, error_rate FROM stats",
