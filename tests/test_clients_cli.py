@@ -20,6 +20,7 @@ from clients_harness import fresh_database
 from proxy.mysql.messages import parse_handshake
 from conftest import APP_PASSWORD, APP_USER, SERVER, MariaDB, ProxyProcess, recv_packet, run_cli
 from test_drivers import Noise, grant_noise_db
+from tls_certs import make_tls_files
 
 # The scripts use MariaDB's sequence tables (seq_1_to_N) and compare MariaDB's own answers.
 pytestmark = pytest.mark.skipif(SERVER.mysql, reason="MariaDB only: the client scripts use MariaDB's sequence tables")
@@ -86,3 +87,17 @@ def test_greeting_names_the_servers_collation(mariadb: MariaDB, proxy_factory: C
     assert direct == int(mariadb.sql("SELECT ID FROM information_schema.COLLATIONS WHERE COLLATION_NAME = "
                                      "@@GLOBAL.collation_server")[0][0])
     assert greeting_collation(p.port) == direct
+
+
+def test_compression_over_tls(mariadb: MariaDB, proxy_factory: Callable[..., ProxyProcess], tmp_path: Path) -> None:
+    """--compress inside TLS: the compression layer sits on the TLS layer (ClientTls.set_protocol).
+    The proxy requires TLS, so the login itself proves the client encrypts."""
+    tls = make_tls_files(tmp_path / "tls")
+    p = proxy_factory({"listen": {"tls_cert": tls.server_cert, "tls_key": tls.server_key, "require_tls": True}})
+    sql = "SELECT seq, REPEAT(CHAR(65 + seq % 26), 300) FROM seq_1_to_3000; SELECT 'done'"
+    rc, direct, err = run_cli(mariadb.port, APP_USER, APP_PASSWORD, sql, "appdb", extra_args=("--compress",))
+    assert rc == 0, err
+    rc, via, err = run_cli(p.port, APP_USER, APP_PASSWORD, sql, "appdb",
+                           extra_args=("--compress", "--ssl", f"--ssl-ca={tls.ca}"))
+    assert rc == 0, err
+    assert via == direct and via.endswith("done\n")
