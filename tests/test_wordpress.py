@@ -69,15 +69,9 @@ def _describe(pages: list[ws.Response], limit: int = 5) -> str:
     return "\n".join(f"  {r.path}: HTTP {r.status} {ws.strip_tags(r.body)[-300:]!r}" for r in pages[:limit])
 
 
-# MySQL counts COM_CHANGE_USER against max_user_connections (MariaDB does not). PHP connects with no
-# database and selects it afterwards, so the proxy clears the database of the link it lends
-# (proxy/backend.py clear_schema, COM_CHANGE_USER naming none); with both links of the cap open
-# MySQL refuses that with 1226, the page gets "Error establishing a database connection", and the
-# links that fail it come back with another sql_mode than the proxy recorded (ONLY_FULL_GROUP_BY
-# errors in WordPress's log). It passes on MySQL when the proxy skips clear_schema for what cannot
-# read the default database (COM_INIT_DB, SET NAMES, SELECT @@var, SET sql_mode), as PHP's first
-# statements are; and a load with the account's limit one above the pool's ran without errors.
-@pytest.mark.xfail(SERVER.mysql, strict=True, reason="MySQL: COM_CHANGE_USER at the account's cap fails with 1226")
+# On MySQL this also checks that the proxy sends no COM_CHANGE_USER to clear a link's database for
+# PHP's first statements (SET NAMES, SELECT @@sql_mode, SET sql_mode before it selects a database):
+# MySQL counts COM_CHANGE_USER against max_user_connections, and at the cap it failed with 1226.
 def test_wordpress_on_a_capped_account(
     mariadb: MariaDB, site: ws.WordPressSite, proxy_factory: ProxyFactory
 ) -> None:
