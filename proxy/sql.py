@@ -191,34 +191,39 @@ _NO_EXPRESSIONS = frozenset(
     b"change binlog cache savepoint release use start stop commit rollback begin flush xa lock unlock prepare "
     b"deallocate kill shutdown restart backup".split()
 )
+def _gaps(pattern: bytes) -> re.Pattern[bytes]:
+    """A rule over code, written readably: a space stands for one or more gaps (whitespace, or
+    GAP where a literal or comment was), '~' for zero or more."""
+    return re.compile(pattern.replace(b" ", rb"[\s\x01]+").replace(b"~", rb"[\s\x01]*"))
+
+
 _USER_VAR = re.compile(rb"@(?<!@@)(?!@)")
-_USER_VAR_ASSIGNED = re.compile(rb"@(?<!@@)(?:[\w$.]+|\x01)[\s\x01]*:=|\binto[\s\x01]+@(?!@)")
+_USER_VAR_ASSIGNED = _gaps(rb"@(?<!@@)(?:[\w$.]+|\x01)~:=|\binto @(?!@)")
 _DIAGNOSTIC_VAR = re.compile(rb"@@(?:session\.|local\.)?(?:warning_count|error_count)\b")
-_SEQUENCE = re.compile(rb"(?:n(?<![\w$]n)ext|p(?<![\w$]p)revious)[\s\x01]+value[\s\x01]+for\b")
-_ROUTINE_DEFINITION = re.compile(rb"create[\s\x01]+(?:or[\s\x01]+replace[\s\x01]+)?(?:definer[\s\x01]*=[^\s]*[\s\x01]+)?"
-                                 rb"(?:aggregate[\s\x01]+)?(?:procedure|function|trigger|event|package)\b")
-_KILL = re.compile(rb"kill[\s\x01]+(?:(hard|soft)[\s\x01]+)?(?:(query|connection)[\s\x01]+)?(?:id[\s\x01]+)?(\d+)[\s\x01]*\Z")
-_PREPARE = re.compile(rb"prepare[\s\x01]+([\w$]+)[\s\x01]+from\b")
-_EXECUTE = re.compile(rb"execute[\s\x01]+([\w$]+)\b")
-_DEALLOCATE = re.compile(rb"(?:deallocate|drop)[\s\x01]+prepare[\s\x01]+([\w$]+)")
-_TRANSACTION_END = re.compile(rb"(commit|rollback)(?:[\s\x01]+work)?(?:[\s\x01]+and[\s\x01]+no[\s\x01]+chain)?"
-                              rb"(?:[\s\x01]+(?:no[\s\x01]+)?release)?[\s\x01]*\Z")
-_FOLLOW_UP_SHOW = re.compile(rb"show[\s\x01]+(?:count[\s\x01]*\([\s\x01]*\*[\s\x01]*\)[\s\x01]+)?(?:warnings|errors)\b")
-_PROCESSLIST = re.compile(rb"show[\s\x01]+(?:full[\s\x01]+)?processlist[\s\x01]*\Z")
-_WRITES = re.compile(rb"\b(?:insert|update|delete|replace|into|for[\s\x01]+update|for[\s\x01]+share|lock[\s\x01]+in|analyze)\b")
-_SET_TRANSACTION = re.compile(rb"set[\s\x01]+transaction\b")
-_SET_ROLE = re.compile(rb"set[\s\x01]+(?:role|default[\s\x01]+role)\b")
-_TEMPORARY = re.compile(rb"create[\s\x01]+(?:or[\s\x01]+replace[\s\x01]+)?temporary\b")
-_LOCK_TABLES = re.compile(rb"lock[\s\x01]+tables?\b")
-_UNLOCK_TABLES = re.compile(rb"unlock[\s\x01]+tables?\b")
-_FLUSH_LOCK = re.compile(rb"\bwith[\s\x01]+read[\s\x01]+lock\b|\bfor[\s\x01]+export\b")
-_XA_START = re.compile(rb"xa[\s\x01]+(?:start|begin)\b")
-_XA_END = re.compile(rb"xa[\s\x01]+(?:commit|rollback)\b")
-_HANDLER_OPEN = re.compile(rb"handler[\s\x01]+[^\s\x01]+[\s\x01]+open\b")
-_DIAGNOSTICS = re.compile(rb"get[\s\x01]+(?:current[\s\x01]+|stacked[\s\x01]+)?diagnostics\b")
-_LOAD_LOCAL = re.compile(rb"load[\s\x01]+(?:data|xml)\b[^;]*?\blocal\b")
-_BEGIN_COMPOUND = re.compile(rb"begin[\s\x01]+not[\s\x01]+atomic\b")
-_SETS_LAST_INSERT_ID = re.compile(rb"\blast_insert_id[\s\x01]*\([\s\x01]*[^\s\x01)]")
+_SEQUENCE = _gaps(rb"(?:n(?<![\w$]n)ext|p(?<![\w$]p)revious) value for\b")
+_ROUTINE_DEFINITION = _gaps(rb"create (?:or replace )?(?:definer~=[^\s]* )?"
+                            rb"(?:aggregate )?(?:procedure|function|trigger|event|package)\b")
+_KILL = _gaps(rb"kill (?:(hard|soft) )?(?:(query|connection) )?(?:id )?(\d+)~\Z")
+_PREPARE = _gaps(rb"prepare ([\w$]+) from\b")
+_EXECUTE = _gaps(rb"execute ([\w$]+)\b")
+_DEALLOCATE = _gaps(rb"(?:deallocate|drop) prepare ([\w$]+)")
+_TRANSACTION_END = _gaps(rb"(commit|rollback)(?: work)?(?: and no chain)?(?: (?:no )?release)?~\Z")
+_FOLLOW_UP_SHOW = _gaps(rb"show (?:count~\(~\*~\) )?(?:warnings|errors)\b")
+_PROCESSLIST = _gaps(rb"show (?:full )?processlist~\Z")
+_WRITES = _gaps(rb"\b(?:insert|update|delete|replace|into|for update|for share|lock in|analyze)\b")
+_SET_TRANSACTION = _gaps(rb"set transaction\b")
+_SET_ROLE = _gaps(rb"set (?:role|default role)\b")
+_TEMPORARY = _gaps(rb"create (?:or replace )?temporary\b")
+_LOCK_TABLES = _gaps(rb"lock tables?\b")
+_UNLOCK_TABLES = _gaps(rb"unlock tables?\b")
+_FLUSH_LOCK = _gaps(rb"\bwith read lock\b|\bfor export\b")
+_XA_START = _gaps(rb"xa (?:start|begin)\b")
+_XA_END = _gaps(rb"xa (?:commit|rollback)\b")
+_HANDLER_OPEN = _gaps(rb"handler [^\s\x01]+ open\b")
+_DIAGNOSTICS = _gaps(rb"get (?:current |stacked )?diagnostics\b")
+_LOAD_LOCAL = _gaps(rb"load (?:data|xml)\b[^;]*?\blocal\b")
+_BEGIN_COMPOUND = _gaps(rb"begin not atomic\b")
+_SETS_LAST_INSERT_ID = _gaps(rb"\blast_insert_id~\(~[^\s\x01)]")
 
 # Leading keywords of statements that leave nothing the trackers would not report, or whose
 # effects the rules below find. Anything else is UNCERTAIN.
