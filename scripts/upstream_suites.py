@@ -45,7 +45,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "bench"))
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
-from _server import Proxy  # noqa: E402
+from _server import Proxy, describe_source, proxy_source  # noqa: E402
 from mariadb_server import MariaDB, ServerError, find_binary  # noqa: E402
 
 CACHE = Path(os.environ.get("MPP_UPSTREAM_CACHE") or Path.home() / ".cache" / "mysql-pool-proxy" / "upstream")
@@ -95,8 +95,10 @@ def read_junit(path: Path) -> Outcome:
 
 
 # unittest's verbose lines: "test_x (module.Class.test_x) ... ok" (Python 3.11+ puts the full id in the
-# parentheses); the final report's "ERROR: test_x (module.Class.test_x)" headers name the failures.
-_UT_LINE = re.compile(r"^(\w+) \(([\w.]+)\)[^\n]*?\.\.\. (ok|FAIL|ERROR|skipped|expected failure|unexpected success)", re.M)
+# parentheses), with the docstring's first line before the "..." when the test has one; the final
+# report's "ERROR: test_x (module.Class.test_x)" headers name the failures.
+_UT_LINE = re.compile(r"^(\w+) \(([\w.]+)\)(?:\n[^\n]*?)? \.\.\. (ok|FAIL|ERROR|skipped|expected failure|unexpected success)",
+                      re.M)
 _UT_HEADER = re.compile(r"^(?:FAIL|ERROR|UNEXPECTED SUCCESS): (\w+) \(([\w.]+)\)", re.M)
 
 
@@ -439,7 +441,9 @@ def run_suite(suite: Suite, args: argparse.Namespace) -> dict[str, Any]:
         if suite.server_tls:
             ca, cert, key = server_tls_files(suite, src)  # type: ignore[misc]
             extra = {"listen": {"tls_cert": cert, "tls_key": key}, "backend": {"tls": "required"}}
-        with Proxy(db, USER, PASSWORD, pool=args.pool, log_level="info", extra=extra) as proxy:
+        with proxy_source(args.proxy_rev) as src_root, \
+                Proxy(db, USER, PASSWORD, pool=args.pool, log_level="info", extra=extra, src_root=src_root) as proxy:
+            log(describe_source(args.proxy_rev) + f", pool of {args.pool}, server {db.version}")
             targets = [Target("direct", db.host, db.port), Target("proxy", proxy.host, proxy.port)]
             for target in targets:
                 if args.only and target.name != args.only:
@@ -495,6 +499,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("-k", action="append", default=[], help="only tests whose names match (repeatable)")
     ap.add_argument("--exclude", action="append", default=[], help="leave this test id out (repeatable)")
     ap.add_argument("--only", choices=("direct", "proxy"), help="one run only")
+    ap.add_argument("--install-only", action="store_true", help="download and install the suites, run nothing")
+    ap.add_argument("--proxy-rev", metavar="REV", help="run proxy/ as of this git revision (default: the working tree)")
     ap.add_argument("--pool", type=int, default=4, help="the proxy's pool.max_connections (default 4)")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds one run may take (default 3600)")
     ap.add_argument("--version", dest="versions", action="append", default=[], metavar="SUITE=VERSION",
@@ -517,6 +523,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for name in args.suites:
             (CACHE / name).mkdir(exist_ok=True)
+            if args.install_only:
+                install(SUITES[name], unpack(SUITES[name]))
+                continue
             result = run_suite(SUITES[name], args)
             bad += len(result.get("only_proxy", []))
     except ServerError as e:
