@@ -17,18 +17,22 @@ import struct
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
-from conftest import APP_DB, APP_PASSWORD, APP_USER, MariaDB
+from conftest import APP_DB, APP_PASSWORD, APP_USER, SERVER, MariaDB
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from proxy.backend import BackendLink, open_link
 from proxy.config import BackendConfig
 from proxy.mysql.constants import MULTI_STATEMENTS_ON, Cap, Command, Status
-from proxy.mysql.messages import parse_ok, parse_session_state, read_lenenc_str
+from proxy.mysql.messages import parse_ok, parse_session_state, read_lenenc_int, read_lenenc_str
 from proxy.mysql.packets import SKIM, SMALL_PACKET, PacketReader, PacketScanner, ProtocolError, frame
 from proxy.mysql.responses import DONE, INFILE, MORE, TRACKED, ResponseTracker
+from proxy.variables import NEVER_REPLAYED
 
 TIMEOUT = 10.0
+ER_UNKNOWN_COM_ERROR = 1047
+MARIADB_ONLY_CACHING = pytest.mark.skipif(
+    SERVER.mysql, reason="MariaDB only: MySQL has no metadata caching (MARIADB_CLIENT_CACHE_METADATA)")
 
 
 @pytest.fixture
@@ -106,6 +110,28 @@ def relay(cmd: int, packets: Sequence[bytes], client_caps: int, reference: Respo
         assert _verdict(tr) == _verdict(reference), f"relayed in chunks of {size}"
 
 
+def as_a_default_client_gets_it(ok: bytes) -> bytes | None:
+    """The OK a client with the default trackers gets for ``ok`` read on a link (which tracks every variable).
+
+    None (the server's bytes pass as they are) when ``ok`` carries no state block, as on MariaDB.
+    MySQL reports its read-only statement_id with every statement, which no default tracker
+    includes: the client gets the bytes up to the info, without the block and its status flag.
+    """
+    parsed = parse_ok(ok, Cap.SESSION_TRACK)
+    if not parsed.status & Status.SESSION_STATE_CHANGED:
+        return None
+    assert SERVER.mysql, "a state block where MariaDB sends none"
+    assert [n for n, _v in parse_session_state(parsed.session_state).variables] == ["statement_id"]
+    pos = 1
+    for _ in range(2):  # affected rows, last insert id
+        _n, pos = read_lenenc_int(ok, pos)
+    (status,) = struct.unpack_from("<H", ok, pos)
+    info = parsed.info
+    assert len(info) < 251
+    return (ok[:pos] + struct.pack("<H", status & ~Status.SESSION_STATE_CHANGED) + ok[pos + 2 : pos + 4]
+            + (bytes((len(info),)) + info if info else b""))
+
+
 def column_type(coldef: bytes) -> int:
     """The type byte of a ColumnDefinition41 payload."""
     pos = 0
@@ -142,7 +168,8 @@ async def test_empty_result_set(link: BackendLink) -> None:
 
 
 async def test_multi_result_procedure(link: BackendLink) -> None:
-    await run(link, b"CREATE OR REPLACE PROCEDURE resp_two() BEGIN SELECT 1 AS a; SELECT 2 AS b, 3 AS c; END")
+    await run(link, b"DROP PROCEDURE IF EXISTS resp_two")
+    await run(link, b"CREATE PROCEDURE resp_two() BEGIN SELECT 1 AS a; SELECT 2 AS b, 3 AS c; END")
     pk = await capture(link, Command.QUERY, b"CALL resp_two()")
     # Result 1 (5 packets), result 2 (6 packets), then the CALL's OK.
     assert len(pk) == 5 + 6 + 1
@@ -176,7 +203,8 @@ async def test_error_after_rows(link: BackendLink) -> None:
 
 
 async def test_status_flags_insert_id_and_state(link: BackendLink) -> None:
-    await run(link, b"CREATE OR REPLACE TABLE resp_ai (id INT AUTO_INCREMENT PRIMARY KEY, v INT)")
+    await run(link, b"DROP TABLE IF EXISTS resp_ai")
+    await run(link, b"CREATE TABLE resp_ai (id INT AUTO_INCREMENT PRIMARY KEY, v INT)")
     tr = track(Command.QUERY, await capture(link, Command.QUERY, b"BEGIN"))
     assert tr.status & Status.IN_TRANS
     tr = track(Command.QUERY, await capture(link, Command.QUERY, b"INSERT INTO resp_ai (v) VALUES (1), (2)"))
@@ -188,7 +216,9 @@ async def test_status_flags_insert_id_and_state(link: BackendLink) -> None:
     assert not tr.status & Status.IN_TRANS
     tr = track(Command.QUERY, await capture(link, Command.QUERY, b"SET time_zone='+02:00'"))
     assert len(tr.state_blocks) == 1
-    assert parse_session_state(tr.state_blocks[0]).variables == [("time_zone", "+02:00")]
+    variables = parse_session_state(tr.state_blocks[0]).variables
+    # MySQL 8+ reports its read-only statement_id along with any change (proxy/variables.py).
+    assert [(n, v) for n, v in variables if n not in NEVER_REPLAYED] == [("time_zone", "+02:00")]
     assert not tr.unexplained_change
 
 
@@ -200,17 +230,20 @@ async def test_warnings(link: BackendLink) -> None:
 
 
 async def test_ok_reencoded_for_client_without_session_track(link: BackendLink) -> None:
-    await run(link, b"CREATE OR REPLACE TABLE resp_upd (a INT)")
+    await run(link, b"DROP TABLE IF EXISTS resp_upd")
+    await run(link, b"CREATE TABLE resp_upd (a INT)")
     await run(link, b"INSERT INTO resp_upd VALUES (1), (2)")
     pk = await capture(link, Command.QUERY, b"UPDATE resp_upd SET a = a + 1")
     info = b"Rows matched: 2  Changed: 2  Warnings: 0"
-    assert parse_ok(pk[0], Cap.SESSION_TRACK).info == info
+    ok = parse_ok(pk[0], Cap.SESSION_TRACK)
+    assert ok.info == info
     # The info is length-encoded for every client (tests/test_ok_bytes.py): an OK without a
     # state block passes untouched, with or without SESSION_TRACK.
+    expected = as_a_default_client_gets_it(pk[0])  # MariaDB: None, the server's bytes pass as they are
     for caps in (0, Cap.SESSION_TRACK):
         tr = ResponseTracker(client_caps=caps)
         tr.start(Command.QUERY)
-        assert tr.feed(len(pk[0]), memoryview(pk[0])) == (DONE, None)
+        assert tr.feed(len(pk[0]), memoryview(pk[0])) == (DONE, expected)
     # A state-change OK loses its block for a client without SESSION_TRACK; one with it keeps only
     # what default trackers report (time_zone, not the link's state-change entry).
     pk = await capture(link, Command.QUERY, b"SET time_zone='+03:00'")
@@ -228,7 +261,7 @@ async def test_ok_reencoded_for_client_without_session_track(link: BackendLink) 
     assert parse_session_state(tr.state_blocks[0]).state_changed  # the proxy itself still saw it all
     pk = await capture(link, Command.QUERY, b"DO 1")
     tr.start(Command.QUERY)
-    assert tr.feed(len(pk[0]), memoryview(pk[0])) == (DONE, None)
+    assert tr.feed(len(pk[0]), memoryview(pk[0])) == (DONE, as_a_default_client_gets_it(pk[0]))
 
 
 async def test_big_row_is_tracked_from_its_prefix(link: BackendLink) -> None:
@@ -238,7 +271,8 @@ async def test_big_row_is_tracked_from_its_prefix(link: BackendLink) -> None:
 
 
 async def test_local_infile_request(link: BackendLink) -> None:
-    await run(link, b"CREATE OR REPLACE TABLE resp_infile (a INT, b VARCHAR(10))")
+    await run(link, b"DROP TABLE IF EXISTS resp_infile")
+    await run(link, b"CREATE TABLE resp_infile (a INT, b VARCHAR(10))")
     tr = ResponseTracker(client_caps=Cap.SESSION_TRACK)
     tr.start(Command.QUERY)
     link.write_packet(b"\x03LOAD DATA LOCAL INFILE 'rows.txt' INTO TABLE resp_infile", 0)
@@ -250,7 +284,7 @@ async def test_local_infile_request(link: BackendLink) -> None:
     link.write_packet(b"", 3)
     seq, answer = await asyncio.wait_for(link.read_packet(), TIMEOUT)
     assert seq == 4 and answer[0] == 0x00
-    assert tr.feed(len(answer), memoryview(answer)) == (DONE, None)
+    assert tr.feed(len(answer), memoryview(answer)) == (DONE, as_a_default_client_gets_it(answer))
     assert tr.affected_rows == 2
     pk = await capture(link, Command.QUERY, b"SELECT COUNT(*) FROM resp_infile")
     assert pk[3] == b"\x012"
@@ -278,7 +312,8 @@ async def test_ping_init_db_statistics_set_option(link: BackendLink) -> None:
 
 
 async def test_field_list(link: BackendLink) -> None:
-    await run(link, b"CREATE OR REPLACE TABLE resp_fl (a INT, b VARCHAR(10), c DATE)")
+    await run(link, b"DROP TABLE IF EXISTS resp_fl")
+    await run(link, b"CREATE TABLE resp_fl (a INT, b VARCHAR(10), c DATE)")
     pk = await capture(link, Command.FIELD_LIST, b"resp_fl\x00")
     assert len(pk) == 3 + 1 and is_eof(pk[-1])
     track(Command.FIELD_LIST, pk)
@@ -289,6 +324,9 @@ async def test_field_list(link: BackendLink) -> None:
 
 async def test_process_info(link: BackendLink) -> None:
     pk = await capture(link, Command.PROCESS_INFO)
+    if SERVER.mysql:  # MySQL 8.0 removed COM_PROCESS_INFO: the answer is an error, tracked as one
+        assert len(pk) == 1 and track(Command.PROCESS_INFO, pk).error_code == ER_UNKNOWN_COM_ERROR
+        return
     assert len(pk) > 5 and pk[0] == b"\x09"  # 9 columns (Id, User, Host, db, Command, Time, State, Info, Progress)
     track(Command.PROCESS_INFO, pk)
 
@@ -314,7 +352,8 @@ async def test_prepare_with_params_and_columns(link: BackendLink) -> None:
     ],
 )
 async def test_prepare_shapes(link: BackendLink, sql: bytes, count: int, columns: int, params: int) -> None:
-    await run(link, b"CREATE OR REPLACE TABLE resp_ps (a INT, b INT)")
+    await run(link, b"DROP TABLE IF EXISTS resp_ps")
+    await run(link, b"CREATE TABLE resp_ps (a INT, b INT)")
     pk = await capture(link, Command.STMT_PREPARE, sql)
     assert len(pk) == count
     tr = track(Command.STMT_PREPARE, pk)
@@ -402,10 +441,12 @@ async def caching_link(mariadb: MariaDB) -> AsyncIterator[BackendLink]:
         lk.close()
 
 
+@MARIADB_ONLY_CACHING
 async def test_metadata_caching_column_count_flag_and_captured_definitions(caching_link: BackendLink) -> None:
     link = caching_link
     assert link.tracker.cache_metadata, "MariaDB 10.6+ offers metadata caching; the link asked for it"
-    await run(link, b"CREATE OR REPLACE TABLE resp_meta (a INT, b INT)")
+    await run(link, b"DROP TABLE IF EXISTS resp_meta")
+    await run(link, b"CREATE TABLE resp_meta (a INT, b INT)")
     await run(link, b"INSERT INTO resp_meta VALUES (1, 2)")
     # Text results: the column count's flag says definitions follow; nothing is kept.
     pk = await capture(link, Command.QUERY, b"SELECT a, b FROM resp_meta")
@@ -480,10 +521,12 @@ def _supplied(response: list[bytes], supply: tuple[bytes, ...], chunk: int) -> t
     return sink, link
 
 
+@MARIADB_ONLY_CACHING
 async def test_supply_mode_puts_definitions_in_and_renumbers(caching_link: BackendLink) -> None:
     """An execute whose server left out definitions the client lacks reaches it as if they had been sent."""
     link = caching_link
-    await run(link, b"CREATE OR REPLACE TABLE resp_supply (a INT, b VARCHAR(5))")
+    await run(link, b"DROP TABLE IF EXISTS resp_supply")
+    await run(link, b"CREATE TABLE resp_supply (a INT, b VARCHAR(5))")
     await run(link, b"INSERT INTO resp_supply VALUES (1, 'x'), (2, NULL)")
     (prep,) = await link.exchange([(Command.STMT_PREPARE, b"SELECT * FROM resp_supply")])
     assert prep.tracker.prepare is not None
@@ -510,7 +553,8 @@ async def test_supply_mode_puts_definitions_in_and_renumbers(caching_link: Backe
 async def test_a_caching_client_on_a_link_without_caching_still_gets_the_flag(link: BackendLink) -> None:
     """A server that no longer offers metadata caching (reload, downgrade) under a client that was promised it."""
     assert not link.tracker.cache_metadata
-    await run(link, b"CREATE OR REPLACE TABLE resp_flag (a INT)")
+    await run(link, b"DROP TABLE IF EXISTS resp_flag")
+    await run(link, b"CREATE TABLE resp_flag (a INT)")
     await run(link, b"INSERT INTO resp_flag VALUES (7)")
     pk = await capture(link, Command.QUERY, b"SELECT a FROM resp_flag")
     assert pk[0] == b"\x01"

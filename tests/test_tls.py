@@ -28,7 +28,7 @@ import mariadb_server
 from conftest import APP_DB, APP_PASSWORD, APP_USER, REPO_ROOT, MariaDB, ProxyFactory, recv_packet, run_cli
 from tls_certs import TlsFiles, make_tls_files
 
-from proxy.backend import open_link
+from proxy.backend import LINK_FACTS, open_link
 from proxy.config import BackendConfig
 from proxy.mysql import auth
 from proxy.mysql.constants import SERVER_CAPS, Cap, Status
@@ -281,6 +281,15 @@ def test_check_prints_the_tls_mode_in_force(tmp_path: Path, tls_files: TlsFiles,
 # run open_link against a small TLS server of the test's own that plays MySQL 8's part.
 
 FAKE_PASSWORD = "pässword-1"
+# What the fake server answers when the proxy reads a new link's facts (proxy/backend.py LINK_FACTS).
+_FAKE_FACTS = {
+    "character_set_client": "utf8mb4",
+    "character_set_connection": "utf8mb4",
+    "character_set_results": "utf8mb4",
+    "collation_connection": "utf8mb4_general_ci",
+    "wait_timeout": "28800",
+    "max_allowed_packet": "67108864",
+}
 
 
 def _fake_mysql8(tls_files: TlsFiles | None, ask: str, seen: list[bytes]) -> tuple[int, threading.Thread]:
@@ -324,8 +333,9 @@ def _fake_mysql8(tls_files: TlsFiles | None, ask: str, seen: list[bytes]) -> tup
         recv_packet(sock)
         recv_packet(sock)
         sock.sendall(frame(build_ok(OK(status=Status.AUTOCOMMIT), caps), 1))
-        row = ["utf8mb4", "utf8mb4", "utf8mb4", "utf8mb4_general_ci", "28800", "67108864"]
-        payloads = build_result_set([f"c{i}" for i in range(6)], [row], Status.AUTOCOMMIT, caps)
+        asked = [name.decode() for name in re.findall(rb"@@(\w+)", LINK_FACTS)]
+        row = [_FAKE_FACTS.get(name, "") for name in asked]  # whatever facts the proxy reads, in its order
+        payloads = build_result_set([f"c{i}" for i in range(len(row))], [row], Status.AUTOCOMMIT, caps)
         sock.sendall(b"".join(frame(p, i + 1) for i, p in enumerate(payloads)))
         sock.recv(100)  # COM_QUIT, then the close
         sock.close()
