@@ -49,6 +49,7 @@ from .sql import (
     rewrite_call,
     rewrite_connection_id,
     rewrite_is_used_lock,
+    rewrite_processlist_table,
 )
 from .tls import ClientTls
 from .upstream import Upstream
@@ -634,9 +635,13 @@ class ClientConnection(asyncio.Protocol):
     def _send(self, link: BackendLink) -> None:
         session = self.session
         assert self._current is not None and session is not None
-        seq, payload, cmd, _stmt = self._current
+        seq, payload, cmd, stmt = self._current
         alias = 0
         supply = None
+        if stmt is not None and Kind.PROCESSLIST_TABLE in stmt.kind and cmd == Command.QUERY:
+            # Mapped here, with this client's own link known: its row is in the answer.
+            payload = bytes((Command.QUERY,)) + rewrite_processlist_table(
+                payload[1:], self.upstream.processlist_columns, self._thread_ids(same_account=True))
         if cmd == Command.STMT_PREPARE:
             session.last_statement_id += 1
             alias = session.last_statement_id
@@ -1084,11 +1089,14 @@ class ClientConnection(asyncio.Protocol):
         if link is not None and (target.busy or not stmt.kill_query_only):
             self.server.spawn(self.upstream.kill_backend_thread(link.facts.thread_id, stmt.kill_query_only))
 
-    def _thread_ids(self) -> dict[int, int]:
+    def _thread_ids(self, same_account: bool = False) -> dict[int, int]:
         """Server thread id -> proxy id, for this pool's clients that hold a link now (a client
-        holding a named lock is pinned, so it holds the link whose thread owns the lock)."""
+        holding a named lock is pinned, so it holds the link whose thread owns the lock), or only
+        those of this client's own account."""
+        me = self.session.user if self.session is not None else None
         return {c.link.facts.thread_id: c.proxy_id for c in self.server.clients.values()
-                if c.link is not None and c.upstream is self.upstream}
+                if c.link is not None and c.upstream is self.upstream
+                and (not same_account or (c.session is not None and c.session.user == me))}
 
     def _processlist(self, seq: int, sql: bytes) -> None:
         """SHOW [FULL] PROCESSLIST: this account's connections to the proxy, under the ids they know.

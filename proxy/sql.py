@@ -58,6 +58,7 @@ class Kind(Flag):
     USER_VARIABLE_ASSIGNED = auto()  # @v := ..., INTO @v, SET @v, CALL p(@v): pins whatever the tracker says
     UNCERTAIN = auto()  # may leave state the proxy cannot see: a routine, EXECUTE, an unknown form
     PROCESSLIST = auto()  # SHOW [FULL] PROCESSLIST: answered by the proxy with its own ids
+    PROCESSLIST_TABLE = auto()  # reads information_schema.PROCESSLIST: its ids are mapped
     TRANSACTION_END = auto()  # COMMIT / ROLLBACK (without AND CHAIN)
     ROLLBACK = auto()  # a plain ROLLBACK: what a client sends after its transaction was lost
     EXECUTE = auto()  # EXECUTE name: does what the text prepared under that name does
@@ -545,6 +546,9 @@ def classify_all(sql: bytes, backslash_escapes: bool | None = None, lowered: byt
         _lock_names(lowered, lexer, out)
     if out.prepared:
         _prepared_texts(sql, lexer, out)
+    if b"processlist" in lowered and Kind.PROCESSLIST not in out.kind:
+        out.kind |= Kind.PROCESSLIST_TABLE
+        out.read_only = False
         if Kind.UNCERTAIN in out.kind and b"\\" in lowered:
             out.locks_released.clear()  # two readings: trust no release
     return out
@@ -554,7 +558,7 @@ def classify(sql: bytes, backslash_escapes: bool | None = None) -> Classified | 
     """None for the common statement that needs no special handling (the relay's hot path)."""
     lowered = sql.lower()
     if (_fast_lead(lowered) and not _fast_forbidden(lowered)
-            and b"value" not in lowered and b"sql_calc_found_rows" not in lowered):
+            and b"value" not in lowered and b"sql_calc_found_rows" not in lowered and b"processlist" not in lowered):
         return None
     out = classify_all(sql, backslash_escapes, lowered)
     return out if out.kind else None
@@ -586,12 +590,13 @@ def is_retryable_read(sql: bytes, backslash_escapes: bool | None = None) -> bool
 # -- rewriting calls the proxy answers ----------------------------------------------------------
 
 
-def _code_spans(sql: bytes) -> list[tuple[int, int]]:
-    """The spans of ``sql`` outside literals and comments (executable comments are code)."""
+def _code_spans(sql: bytes, identifiers: bool = False) -> list[tuple[int, int]]:
+    """The spans of ``sql`` outside literals and comments (executable comments are code; quoted
+    identifiers too with ``identifiers``)."""
     spans: list[tuple[int, int]] = []
     pos = 0
     for m in _LEX.finditer(sql.lower()):
-        if m.lastgroup is None:
+        if m.lastgroup is None and not (identifiers and sql[m.start()] == 0x60):
             spans.append((pos, m.start()))
             pos = m.end()
     spans.append((pos, len(sql)))
@@ -651,6 +656,33 @@ def _matching_paren(sql: bytes, start: int, spans: list[tuple[int, int]]) -> int
                 if not depth:
                     return i
     return None
+
+
+_PROCESSLIST_TABLE = re.compile(rb"`?information_schema`?\s*\.\s*`?processlist\b`?", re.I)
+# After the table: words that are no alias (the derived table then needs one of its own).
+_NOT_ALIAS = re.compile(rb"\s*(?:\Z|[,;)]|(?:where|join|inner|cross|left|right|straight_join|natural|on|using|"
+                        rb"group|order|limit|having|window|union|except|intersect|for|lock|into|procedure)\b)", re.I)
+
+
+def rewrite_processlist_table(sql: bytes, columns: list[str], proxy_ids: dict[int, int]) -> bytes:
+    """information_schema.PROCESSLIST, as this account may see it: only the threads that serve its
+    clients, each under the id that client's greeting gave (``proxy_ids``: thread id -> proxy id).
+    The reference becomes a derived table with the server's own columns (``columns``)."""
+    if not columns or "ID" not in (c.upper() for c in columns):
+        return sql
+    cases = b"".join(b" WHEN %d THEN %d" % kv for kv in proxy_ids.items())
+    listed = b", ".join(b"`%s`" % c.encode() for c in columns if c.upper() != "ID")
+    threads = b", ".join(b"%d" % t for t in proxy_ids) or b"NULL"
+    derived = (b"(SELECT CASE `ID`" + (cases or b" WHEN NULL THEN NULL") + b" END AS `ID`, " + listed
+               + b" FROM information_schema.PROCESSLIST WHERE `ID` IN (" + threads + b"))")
+    out, pos = [], 0
+    for start, end in _code_spans(sql, identifiers=True):
+        for ref in _PROCESSLIST_TABLE.finditer(sql, start, end):
+            aliased = not _NOT_ALIAS.match(sql, ref.end())
+            out += [sql[pos:ref.start()], derived, b"" if aliased else b" AS `PROCESSLIST`"]
+            pos = ref.end()
+    out.append(sql[pos:])
+    return b"".join(out)
 
 
 def rewrite_connection_id(sql: bytes, proxy_id: int) -> bytes:

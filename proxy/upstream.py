@@ -36,6 +36,9 @@ class Upstream:
         self.known_schemas: set[str] = set()
         self.collations: dict[int, tuple[str, str]] = {}
         self.account_limit: int | None = None
+        # information_schema.PROCESSLIST's columns on this server (they differ by flavour), for
+        # sql.rewrite_processlist_table; empty until the first link has told.
+        self.processlist_columns: list[str] = []
         # Whether a new session's sql_mode lets backslashes escape in strings (the lexer's reading
         # of '\''); None until a link has told. Read again on each link: a reload may change servers.
         self.backslash_escapes: bool | None = None
@@ -68,6 +71,10 @@ class Upstream:
             (Command.QUERY, b"SELECT @@max_user_connections"),
         ])
         self.collations = {int(r[0] or 0): (r[1] or "", r[2] or "") for r in collations.rows()}
+        (columns,) = await link.exchange([(Command.QUERY, b"SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE "
+                                           b"TABLE_SCHEMA = 'information_schema' AND TABLE_NAME = 'PROCESSLIST' "
+                                           b"ORDER BY ORDINAL_POSITION")])
+        self.processlist_columns = [r[0] or "" for r in columns.rows()]
         limit_value = None
         for (grant,) in grants.rows():
             m = _GRANT_LIMIT.search(grant or "")

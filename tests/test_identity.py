@@ -69,3 +69,16 @@ def test_is_used_lock_names_the_holder_by_its_proxy_id(mariadb, proxy_factory) -
     server_thread = _scalar(holder, "SELECT @@pseudo_thread_id")
     assert server_thread != holder.thread_id()
     assert int(mariadb.sql("SELECT IS_USED_LOCK('identity_lock')")[0][0]) == server_thread
+
+
+def test_information_schema_processlist_speaks_proxy_ids(two_accounts) -> None:
+    a1, a2, b = _as(two_accounts, "alice"), _as(two_accounts, "alice"), _as(two_accounts, "bob")
+    _scalar(a2, "SELECT GET_LOCK('processlist_pin', 0)")  # a2 holds its link: a server thread serves it now
+    _scalar(b, "SELECT GET_LOCK('processlist_pin_b', 0)")  # so does bob's connection
+    with a1.cursor() as cur:
+        cur.execute("SELECT ID, USER, INFO FROM information_schema.PROCESSLIST WHERE ID = CONNECTION_ID()")
+        own = cur.fetchall()
+        cur.execute("SELECT p.ID FROM `information_schema`.`PROCESSLIST` p ORDER BY p.ID")
+        ids = [row[0] for row in cur.fetchall()]
+    assert len(own) == 1 and own[0][0] == a1.thread_id() and own[0][1] == "app"  # the server account's name
+    assert ids == sorted([a1.thread_id(), a2.thread_id()])  # bob's thread is another account's: not shown
