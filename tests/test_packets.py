@@ -245,6 +245,21 @@ def test_reader_rejects_announced_size_before_the_bytes_arrive() -> None:
     assert ei.value.size == 101
 
 
+def test_reader_gives_complete_payloads_before_an_oversized_header() -> None:
+    """An SSLRequest and the client's TLS hello in one read: the hello (16 03 01 ...) reads as a
+    header of a 66 326-byte packet, over the login limit, and must reach take_rest, not an error."""
+    r = PacketReader(max_payload=64 * 1024)
+    ssl_request = frame(bytes(32), 1)
+    hello = bytes.fromhex("160301") + bytes(300)
+    assert r.feed(ssl_request + hello) == [(1, bytes(32))]
+    assert r.take_rest() == hello
+    # Without a take_rest, the oversized packet is refused on the next read.
+    r = PacketReader(max_payload=100)
+    assert r.feed(frame(b"a", 0) + b"\x65\x00\x00\x00") == [(0, b"a")]
+    with pytest.raises(PacketTooLarge):
+        r.feed(b"x")
+
+
 def test_reader_limit_counts_the_whole_split_payload() -> None:
     limit = MAX_PAYLOAD + 10
     ok = frame(pattern(limit), 0)
