@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pymysql
+from pymysql.constants import SERVER_STATUS
 import pytest
 import yaml
 
@@ -232,6 +233,21 @@ def count_backend_connections(mariadb: MariaDB, user: str) -> int:
     """Server threads currently logged in as ``user`` (what the cap is about)."""
     rows = mariadb.sql("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = %s", (user,))
     return int(rows[0][0])
+
+
+def in_transaction(conn: pymysql.connections.Connection) -> int:
+    """1 when the server session that answers ``conn``'s next statement is inside a transaction, else 0.
+
+    MariaDB answers ``SELECT @@in_transaction``. MySQL has no such variable; the answer to any
+    statement carries the server's SERVER_STATUS_IN_TRANS flag (which drivers read for the same
+    question), so on MySQL a ``DO 0`` is sent and its OK's flag read.
+    """
+    with conn.cursor() as cur:
+        if not SERVER.mysql:
+            cur.execute("SELECT @@in_transaction")
+            return int(cur.fetchone()[0])
+        cur.execute("DO 0")
+    return int(bool(conn.server_status & SERVER_STATUS.SERVER_STATUS_IN_TRANS))
 
 
 def run_cli(

@@ -19,7 +19,7 @@ import pymysql
 import pytest
 
 from cache_metadata_client import read_lenenc
-from conftest import APP_DB, APP_USER, count_backend_connections, run_cli
+from conftest import APP_DB, APP_USER, count_backend_connections, in_transaction, run_cli
 
 ADMIN = {"admin": {"user": "pooladmin", "password": "pooladmin-pw"}}
 POOL_BUSY = 9001
@@ -282,7 +282,7 @@ def _case_transaction() -> PinCase:
 
     def check(c):
         assert scalar(c, "SELECT COUNT(*) FROM pin_t") == 1  # its own uncommitted row
-        assert scalar(c, "SELECT @@in_transaction") == 1
+        assert in_transaction(c) == 1
         return backend_thread(c)
 
     return PinCase(pin, check, lambda c: _run(c, "COMMIT"))
@@ -442,12 +442,12 @@ def test_unpinned_sessions_share_one_backend(mariadb, proxy_factory) -> None:
     for i in range(4):
         for conn, tz, mode_has_ansi in ((a, "+05:00", True), (b, "-03:00", False)):
             with conn.cursor() as cur:
-                cur.execute("SELECT @@pseudo_thread_id, @@time_zone, @@sql_mode, @@in_transaction")
-                thread, zone, mode, in_trans = cur.fetchone()
+                cur.execute("SELECT @@pseudo_thread_id, @@time_zone, @@sql_mode")
+                thread, zone, mode = cur.fetchone()
                 seen.add(thread)
                 assert zone == tz
                 assert ("ANSI_QUOTES" in mode) == mode_has_ansi
-                assert in_trans == 0
+                assert in_transaction(conn) == 0
                 # Statements that change nothing the proxy cannot replay keep the session unpinned.
                 cur.execute("INSERT INTO pin_t VALUES (%s)", (100 * (conn is a) + i,))
                 cur.execute("SELECT COUNT(*) FROM pin_t")
@@ -636,10 +636,10 @@ def test_pinned_client_leaving_leaves_a_clean_link(mariadb, proxy_factory, how: 
     p.clients.remove(a)
     b = p.connect()
     with b.cursor() as cur:
-        cur.execute("SELECT @x, @@in_transaction, @@sql_mode, @@pseudo_thread_id")
-        x, in_trans, mode, _b_thread = cur.fetchone()
+        cur.execute("SELECT @x, @@sql_mode, @@pseudo_thread_id")
+        x, mode, _b_thread = cur.fetchone()
         assert x is None, "a user variable of the departed client leaked"
-        assert in_trans == 0
+        assert in_transaction(b) == 0
         assert "ANSI_QUOTES" not in mode
         with pytest.raises(pymysql.MySQLError) as ei:
             cur.execute("SELECT * FROM leak_tmp")
