@@ -120,6 +120,13 @@ def replay_commands(want: LinkState, have: LinkState) -> list[tuple[int, bytes]]
         out.append((Command.INIT_DB, want.schema.encode()))
     assignments = []
     names = set(want.variables) | set(have.variables)
+    names_clause = _names_clause(want.variables)
+    if names_clause is not None and any(want.variables.get(n) != have.variables.get(n) for n in CHARSET_VARIABLES):
+        # One SET NAMES sets all four, and the only way to give character_set_results the client's
+        # collation: assigned one by one, result columns come back in the charset's default
+        # collation (45 instead of 224 for a client that logged in with utf8mb4_unicode_ci).
+        assignments.append(names_clause)
+        names -= set(CHARSET_VARIABLES)
     for name in sorted(names, key=lambda n: (_ORDER.get(n, len(_ORDER)), n)):
         value = want.variables.get(name)
         if value == have.variables.get(name):
@@ -135,6 +142,16 @@ def replay_commands(want: LinkState, have: LinkState) -> list[tuple[int, bytes]]
         option = MULTI_STATEMENTS_ON if want.multi_statements else MULTI_STATEMENTS_OFF
         out.append((Command.SET_OPTION, option.to_bytes(2, "little")))
     return out
+
+
+def _names_clause(variables: dict[str, str]) -> str | None:
+    """``NAMES 'cs' COLLATE 'coll'`` when the wanted charset variables are what that sets."""
+    client, connection, results, collation = (variables.get(n) for n in CHARSET_VARIABLES)
+    if not client or client != connection or client != results or not collation:
+        return None
+    if collation != client and not collation.startswith(client + "_"):
+        return None
+    return f"NAMES {literal(client)} COLLATE {literal(collation)}"
 
 
 def mark_replayed(want: LinkState, link: LinkState) -> None:

@@ -587,6 +587,44 @@ def is_retryable_read(sql: bytes, backslash_escapes: bool | None = None) -> bool
     return classify_all(sql, backslash_escapes).read_only
 
 
+# -- statements the proxy may answer itself -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSet:
+    """One statement that only sets replayable session state: SET NAMES (``charset``, and
+    ``collation`` when it names one; lowercased, quotes gone) or SET autocommit (``autocommit``)."""
+
+    charset: bytes = b""
+    collation: bytes | None = None
+    autocommit: bool | None = None
+
+
+# A name as SET NAMES takes it: bare, or in quotes of any kind (no escapes, no spaces). DEFAULT
+# and anything else go to the server, so its errors stay its own.
+_SET_NAMES = re.compile(rb"""\s*set\s+names\s+(?P<q1>['"`]?)(?P<charset>[a-z0-9_]+)(?P=q1)"""
+                        rb"""(?:\s+collate\s+(?P<q2>['"`]?)(?P<collation>[a-z0-9_]+)(?P=q2))?\s*\Z""", re.I)
+_SET_AUTOCOMMIT = re.compile(rb"\s*set\s+(?:session\s+|local\s+|@@session\.|@@local\.|@@)?autocommit\s*=\s*"
+                             rb"(0|1|on|off|true|false)\s*\Z", re.I)
+
+
+def session_set(sql: bytes) -> SessionSet | None:
+    """The statement read with certainty as exactly one SET NAMES or SET autocommit, else None.
+
+    The whole text must match: no comment, no second statement, no expression, nothing the
+    server could read otherwise (a trailing ';' too goes to the server)."""
+    m = _SET_NAMES.match(sql)
+    if m is not None:
+        charset, collation = m.group("charset").lower(), m.group("collation")
+        if charset == b"default" or (collation is not None and collation.lower() == b"default"):
+            return None
+        return SessionSet(charset, collation.lower() if collation is not None else None)
+    m = _SET_AUTOCOMMIT.match(sql)
+    if m is not None:
+        return SessionSet(autocommit=m.group(1).lower() in (b"1", b"on", b"true"))
+    return None
+
+
 # -- rewriting calls the proxy answers ----------------------------------------------------------
 
 
@@ -631,14 +669,24 @@ def rewrite_is_used_lock(sql: bytes, proxy_ids: dict[int, int]) -> bytes:
     for start, end in spans:
         for call in _IS_USED_LOCK.finditer(sql, start, end):
             close = _matching_paren(sql, call.end(), spans)
-            if close is None or close < pos:
-                continue
+            if close is None or close < pos or _IS_NULL.match(sql, close + 1):
+                continue  # "IS [NOT] NULL" asks nothing of the id: left alone, its column keeps its name
             cases = b"".join(b" WHEN %d THEN %d" % kv for kv in proxy_ids.items())
             out += [sql[pos:call.start()], b"(CASE ", sql[call.start():close + 1],
                     cases or b" WHEN NULL THEN NULL", b" ELSE ", sql[call.start():close + 1], b" END)"]
             pos = close + 1
     out.append(sql[pos:])
-    return b"".join(out)
+    rewritten = b"".join(out)
+    alone = _SELECT_ALONE.match(sql)
+    if alone and rewritten != sql and _matching_paren(sql, alone.end(), spans) == len(sql.rstrip(b"; \t\r\n")) - 1:
+        # SELECT IS_USED_LOCK('x'): the column keeps the name a direct client sees.
+        text = sql.rstrip(b"; \t\r\n")[alone.start(1):]
+        return rewritten.rstrip(b"; \t\r\n") + b" AS `" + text.replace(b"`", b"``") + b"`"
+    return rewritten
+
+
+_IS_NULL = re.compile(rb"\s*is\s+(?:not\s+)?null\b", re.I)
+_SELECT_ALONE = re.compile(rb"\s*select\s+(is_used_lock\s*\()", re.I)
 
 
 def _matching_paren(sql: bytes, start: int, spans: list[tuple[int, int]]) -> int | None:

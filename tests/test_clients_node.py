@@ -52,12 +52,7 @@ def node_runs(mariadb: MariaDB, proxy_factory: Callable[..., ProxyProcess]) -> D
     return cached_run("node", make)
 
 
-# Replaying the handshake's collation as SET character_set_results = 'utf8mb4' (proxy/session.py,
-# replay_commands) gives result columns utf8mb4's default collation (45), not the client's (224):
-# only the handshake and SET NAMES ... COLLATE give character_set_results a collation of its own.
-XFAIL = {
-    "default_charset": "session.py replays a handshake collation with SET character_set_* (45 instead of 224)",
-}
+XFAIL: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("scenario", [

@@ -287,11 +287,15 @@ def test_replay_charset_variables_first_in_order() -> None:
                             "collation_connection": "latin1_swedish_ci", "character_set_client": "latin1",
                             "character_set_connection": "latin1"})
     have = LinkState(None, dict(UTF8))
-    names = [a.split(" = ")[0] for a in _sets(replay_commands(want, have))]
-    assert names == [f"@@session.{n}" for n in (*CHARSET_VARIABLES, "autocommit", "time_zone")]
-    # The collation alone differs: only it is set.
+    # One SET NAMES ... COLLATE first (the only way to give character_set_results a collation), then the rest.
+    assert _sets(replay_commands(want, have)) == [
+        "NAMES 'latin1' COLLATE 'latin1_swedish_ci'", "@@session.autocommit = 'OFF'", "@@session.time_zone = '+01:00'"]
+    # The collation alone differs: SET NAMES with it (utf8mb4_bin's columns then come back as utf8mb4_bin).
     want = LinkState(None, dict(UTF8, collation_connection="utf8mb4_bin"))
-    assert _sets(replay_commands(want, LinkState(None, dict(UTF8)))) == ["@@session.collation_connection = 'utf8mb4_bin'"]
+    assert _sets(replay_commands(want, LinkState(None, dict(UTF8)))) == ["NAMES 'utf8mb4' COLLATE 'utf8mb4_bin'"]
+    # Results in another charset than the client's: SET NAMES cannot say that, so one by one.
+    want = LinkState(None, dict(UTF8, character_set_results="latin1"))
+    assert _sets(replay_commands(want, LinkState(None, dict(UTF8)))) == ["@@session.character_set_results = 'latin1'"]
 
 
 def test_replay_default_for_variables_the_session_never_set() -> None:
