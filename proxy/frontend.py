@@ -23,8 +23,17 @@ from .backend import CHARSET_FACTS, BackendLink, LinkLost, charset_values, clear
 from .compressed import ClientCompression
 from .config import Config
 from .login import Accepted, Login, Refused, Send, StartTls, Step
-from .mysql.constants import KIND_CAPS, SERVER_VERSION, Cap, Command, Err, Status
-from .mysql.messages import OK, ServerError, build_eof, build_err, build_ok, build_result_set
+from .mysql.constants import KIND_CAPS, SERVER_VERSION, Cap, Command, Err, SessionTrack, Status
+from .mysql.messages import (
+    OK,
+    ServerError,
+    build_eof,
+    build_err,
+    build_ok,
+    build_result_set,
+    default_session_state,
+    lenenc_str,
+)
 from .mysql.packets import PacketReader, ProtocolError, frame
 from .mysql.responses import DONE, INFILE, NO_RESPONSE, TRACKED
 from .pool import Pool, PoolTimeout, Waiter
@@ -50,9 +59,10 @@ from .sql import (
     rewrite_connection_id,
     rewrite_is_used_lock,
     rewrite_processlist_table,
+    session_set,
 )
 from .tls import ClientTls
-from .upstream import Upstream
+from .upstream import CharsetAnswer, Upstream
 
 log = logging.getLogger("proxy.client")
 
@@ -84,6 +94,14 @@ LOGIN_MAX_PAYLOAD = 64 * 1024
 # handshake_timeout closes each.
 MAX_PENDING_LOGINS = 1024
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Session variables that change what SET NAMES <charset> (with no COLLATE) picks, or which
+# character set a name means: a SET NAMES answer learned in one context holds only in the same.
+_CHARSET_CONTEXT = ("character_set_collations", "default_collation_for_utf8mb4", "old_mode")
+# The session-state block of SET autocommit's OK for a client with default trackers (MariaDB and MySQL alike).
+_AUTOCOMMIT_BLOCKS = {
+    value: bytes((SessionTrack.SYSTEM_VARIABLES,)) + lenenc_str(lenenc_str(b"autocommit") + lenenc_str(value))
+    for value in (b"ON", b"OFF")
+}
 
 
 def printable(text: str) -> str:
@@ -300,12 +318,20 @@ class ClientConnection(asyncio.Protocol):
             # Mid-response: the link's state is unknown. Never reuse it.
             self.pool.discard(link)
         elif self.session is not None and self.session.pinned:
-            self.server.spawn(self._reset_and_release(link))
+            held = set(self.session.pins) - {PIN_NEXT_STATEMENT}  # the link's warnings: cleared when asked for
+            if not held:
+                self.pool.release(link)
+            elif held == {PIN_TRANSACTION}:
+                # All it holds is a transaction: a ROLLBACK ends it, one statement where a reset
+                # and the tracker setup after it take three. Its replayable state stays on the
+                # link, which the next session's replay changes only where it differs.
+                self.server.spawn(self._roll_back_and_release(link))
+            else:
+                log.info("client %d left while pinned (%s); its link is reset before reuse",
+                         self.proxy_id, ", ".join(self.session.pins))
+                self.server.spawn(self._reset_and_release(link))
         else:
             self.pool.release(link)
-        if self.session and self.session.pinned:
-            log.info("client %d left while pinned (%s); its link is reset before reuse",
-                     self.proxy_id, ", ".join(self.session.pins))
 
     def pause_writing(self) -> None:
         # The client reads slower than the server sends: stop reading the server.
@@ -497,6 +523,11 @@ class ClientConnection(asyncio.Protocol):
                     return
             elif session.transaction_lost and self._after_lost_transaction(seq, cmd, stmt):
                 return
+            # SET NAMES / SET autocommit from a session that holds no link: maybe answered here.
+            # (Two byte tests first, so that SELECT, INSERT, UPDATE, DELETE cost nothing more.)
+            elif (len(payload) > 11 and payload[3] | 0x20 == 0x74 and payload[1] | 0x20 == 0x73
+                  and not session.pins and self.link is None and self._set_here(seq, payload)):
+                return
         elif (cmd == Command.STMT_EXECUTE and not self.is_admin
               and (ps := session.statements.get(statement_id(payload))) is not None):
             # The usual binary command: a statement this client prepared, nothing to answer here.
@@ -544,6 +575,45 @@ class ClientConnection(asyncio.Protocol):
         """How the server reads '\\' in this session's strings (None: not known yet)."""
         escapes = session.backslash_escapes
         return self.upstream.backslash_escapes if escapes is None else escapes
+
+    def _charset_key(self, charset: bytes, collation: bytes | None) -> tuple[object, ...]:
+        variables = self.session.state.variables  # type: ignore[union-attr]
+        return (charset, collation, *(variables.get(name) for name in _CHARSET_CONTEXT))
+
+    def _set_here(self, seq: int, payload: bytes) -> bool:
+        """SET NAMES / SET autocommit answered by the proxy with the OK the server would send
+        this client; True when it did. The values reach a link with the next replay that link
+        needs (none when it has them already).
+
+        Only for a session that holds no link, so no transaction is open (SET autocommit = 1
+        would commit it) and no link must learn it now. A SET NAMES is answered only with what
+        this server did for the same statement before (the variables it set, what a client's
+        trackers got, no warning): the first one of each kind goes to the server, so do names
+        it refuses or warns about (MySQL's utf8mb3), and its errors stay its own."""
+        change = session_set(payload[1:])
+        session = self.session
+        if change is None or session is None:
+            return False
+        if change.autocommit is None:
+            answer = self.upstream.charset_answers.get(self._charset_key(change.charset, change.collation))
+            if answer is None:
+                return False
+            session.state.variables.update(answer.values)
+            block = answer.block
+        else:
+            value = b"ON" if change.autocommit else b"OFF"
+            session.state.variables["autocommit"] = value.decode()
+            session.autocommit_off = not change.autocommit
+            block = _AUTOCOMMIT_BLOCKS[value]
+        # What ROW_COUNT() says after a SET; a later follow-up question finds no link to ask.
+        session.last_row_count = 0
+        session.last_link = None
+        self.statements += 1
+        status = self._status()
+        if session.client_caps & Cap.SESSION_TRACK and block:
+            status |= Status.SESSION_STATE_CHANGED
+        self._write(frame(build_ok(OK(status=status, session_state=block), session.client_caps), seq + 1))
+        return True
 
     def _answered_here(self, seq: int, cmd: int, payload: bytes) -> bool:
         """Commands other than COM_QUERY: True when the proxy answered (or dropped) it itself."""
@@ -852,17 +922,58 @@ class ClientConnection(asyncio.Protocol):
         if cmd == Command.STMT_RESET or (tr.error_code and cmd == Command.STMT_EXECUTE):
             link.forget_bound_types()  # what the server keeps bound is no longer certain
         if read_back:
-            self.relay_chunks(chunks)
-            link.set_held()
-            self.server.spawn(self._read_back_then_finish(link))
-            return
+            names = self._set_names_answer(cmd, payload, link) if cmd == Command.QUERY else None
+            known = self.upstream.charset_answers.get(names[0]) if names is not None else None
+            if known is None:
+                known = self._warned_set_names(cmd, payload, link)
+            if known is None:
+                self.relay_chunks(chunks)
+                link.set_held()
+                self.server.spawn(self._read_back_then_finish(link, names))
+                return
+            # A SET NAMES whose collation is known: no read-back.
+            session.state.variables.update(known.values)
+            link.state.variables.update(known.values)
         self._finish(link, chunks)
 
-    async def _read_back_then_finish(self, link: BackendLink) -> None:
-        """Read back state the server does not report (collation, LAST_INSERT_ID(expr)): one round trip."""
+    def _warned_set_names(self, cmd: int, payload: bytes, link: BackendLink) -> CharsetAnswer | None:
+        """A SET NAMES the server warned about (MySQL's utf8, utf8mb3): its collation without a
+        read-back, which would clear the warning before the client's SHOW WARNINGS (None: not one)."""
+        tr = link.tracker
+        change = session_set(payload[1:]) if cmd == Command.QUERY and tr.warnings and not tr.error_code else None
+        if change is None or change.autocommit is not None:
+            return None
+        charset = link.state.variables.get("character_set_connection", "")
+        collation = change.collation.decode() if change.collation else self.upstream.default_collations.get(charset)
+        return CharsetAnswer({"collation_connection": collation}, b"") if collation else None
+
+    def _set_names_answer(self, cmd: int, payload: bytes, link: BackendLink) -> tuple[tuple[object, ...], bytes] | None:
+        """For a SET NAMES the server just ran without error or warning: the key of its answer,
+        and the statement (None: not such a statement)."""
+        tr = link.tracker
+        if tr.error_code or tr.warnings:
+            return None
+        change = session_set(payload[1:])
+        if change is None or change.autocommit is not None:
+            return None
+        return self._charset_key(change.charset, change.collation), payload[1:]
+
+    async def _read_back_then_finish(self, link: BackendLink,
+                                     names: tuple[tuple[object, ...], bytes] | None = None) -> None:
+        """Read back state the server does not report (collation, LAST_INSERT_ID(expr)): one round trip.
+
+        ``names``: the statement was a SET NAMES (``_set_names_answer``). What it did is kept, so
+        the same statement is answered without the server from then on. The OK a client gets
+        comes from the statement run once more with the server's default trackers, as a client's
+        own session has them: MariaDB lists the variables in an order of its own per server
+        process, and for all of them ('*', the link's) in another."""
         assert self.session is not None
+        commands = [(Command.QUERY, READ_BACK)]
+        if names is not None:
+            commands[:0] = [(Command.QUERY, b"SET session_track_system_variables = DEFAULT"), (Command.QUERY, names[1]),
+                            (Command.QUERY, b"SET session_track_system_variables = '*'")]
         try:
-            (reply,) = await link.exchange([(Command.QUERY, READ_BACK)])
+            *replies, reply = await link.exchange(commands)
         except (ServerError, LinkLost, OSError) as e:
             log.info("client %d: could not read session state back (%s); closing that link", self.proxy_id, e)
             self.link = None
@@ -872,7 +983,14 @@ class ClientConnection(asyncio.Protocol):
             return
         row = reply.rows()[0]
         values = charset_values(row)
-        values["last_insert_id"] = row[4] or "0"
+        if names is not None:
+            again = replies[1].tracker
+            if not again.warnings and len(again.state_blocks) <= 1:
+                block = default_session_state(bytes(again.state_blocks[0])) if again.state_blocks else b""
+                self.upstream.learn_charset_answer(names[0], CharsetAnswer(dict(values), block))
+        last_insert_id = row[4] or "0"
+        if last_insert_id != "0" or "last_insert_id" in self.session.state.variables:
+            values["last_insert_id"] = last_insert_id  # 0 is what a session that never set it has
         self.session.state.variables.update(values)
         link.state.variables.update(values)
         self._finish(link)
@@ -1004,6 +1122,17 @@ class ClientConnection(asyncio.Protocol):
             if PIN_TRANSACTION in self.session.pins:
                 s |= Status.IN_TRANS
         return s
+
+    async def _roll_back_and_release(self, link: BackendLink) -> None:
+        try:
+            link.set_held()
+            await link.exchange([(Command.QUERY, b"ROLLBACK")])
+        except (ServerError, LinkLost, OSError, ProtocolError) as e:
+            log.info("link %d: the transaction of a departed client could not be rolled back (%s); closing the link",
+                     link.facts.thread_id, e)
+            self.pool.discard(link)
+            return
+        self.pool.release(link)
 
     async def _reset_and_release(self, link: BackendLink) -> None:
         try:

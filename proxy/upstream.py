@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import ssl
+from dataclasses import dataclass
 from typing import Any
 
 from .backend import BackendLink, LinkLost, open_link
@@ -23,6 +24,17 @@ from .session import CHARSET_VARIABLES
 log = logging.getLogger("proxy.upstream")
 
 _GRANT_LIMIT = re.compile(r"MAX_USER_CONNECTIONS\s+(\d+)", re.I)
+# SET NAMES answers kept per server: one per (charset, collation, context) a client sent.
+MAX_CHARSET_ANSWERS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class CharsetAnswer:
+    """What this server did for one SET NAMES: the character-set variables it set, and the
+    session-state block a client with default trackers got in its OK (no warnings, no error)."""
+
+    values: dict[str, str]
+    block: bytes
 
 
 class Upstream:
@@ -35,6 +47,8 @@ class Upstream:
         self.pool.on_first_link = self._learn_server
         self.known_schemas: set[str] = set()
         self.collations: dict[int, tuple[str, str]] = {}
+        # Each character set's default collation (IS_DEFAULT; MariaDB 11.2+'s character_set_collations aside).
+        self.default_collations: dict[str, str] = {}
         self.account_limit: int | None = None
         # information_schema.PROCESSLIST's columns on this server (they differ by flavour), for
         # sql.rewrite_processlist_table; empty until the first link has told.
@@ -42,6 +56,8 @@ class Upstream:
         # Whether a new session's sql_mode lets backslashes escape in strings (the lexer's reading
         # of '\''); None until a link has told. Read again on each link: a reload may change servers.
         self.backslash_escapes: bool | None = None
+        # SET NAMES answers learned from this server (frontend: answered by the proxy from then on).
+        self.charset_answers: dict[tuple[object, ...], CharsetAnswer] = {}
 
     @property
     def name(self) -> str:
@@ -62,15 +78,21 @@ class Upstream:
         charset, collation = found
         return dict(zip(CHARSET_VARIABLES, (charset, charset, charset, collation)))
 
+    def learn_charset_answer(self, key: tuple[object, ...], answer: CharsetAnswer) -> None:
+        if key in self.charset_answers or len(self.charset_answers) < MAX_CHARSET_ANSWERS:
+            self.charset_answers[key] = answer
+
     async def _learn_server(self, link: BackendLink) -> None:
         """On the first link: collation ids, the account's connection limit."""
         link.set_held()
         collations, grants, limit = await link.exchange([
-            (Command.QUERY, b"SELECT ID, CHARACTER_SET_NAME, COLLATION_NAME FROM information_schema.COLLATIONS"),
+            (Command.QUERY, b"SELECT ID, CHARACTER_SET_NAME, COLLATION_NAME, IS_DEFAULT FROM information_schema.COLLATIONS"),
             (Command.QUERY, b"SHOW GRANTS"),
             (Command.QUERY, b"SELECT @@max_user_connections"),
         ])
-        self.collations = {int(r[0] or 0): (r[1] or "", r[2] or "") for r in collations.rows()}
+        rows = collations.rows()
+        self.collations = {int(r[0] or 0): (r[1] or "", r[2] or "") for r in rows}
+        self.default_collations = {r[1] or "": r[2] or "" for r in rows if (r[3] or "").lower() == "yes"}
         (columns,) = await link.exchange([(Command.QUERY, b"SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE "
                                            b"TABLE_SCHEMA = 'information_schema' AND TABLE_NAME = 'PROCESSLIST' "
                                            b"ORDER BY ORDINAL_POSITION")])
@@ -131,6 +153,7 @@ class Upstream:
             # New credentials or address: no link of the old ones is lent again.
             self.pool.retire_all()
             self.known_schemas.clear()
+            self.charset_answers.clear()
         self.spec = spec
         self.backend_tls = backend_tls
         self.pool.resize(spec.pool)
