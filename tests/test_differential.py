@@ -30,7 +30,7 @@ SCRIPTS: dict[str, list[str]] = {
         "SET SESSION max_execution_time=0, group_concat_max_len=4096",
         "SELECT @@sql_mode, @@time_zone, @@foreign_key_checks, @@unique_checks, @@group_concat_max_len",
         'SELECT "no_such_column"',
-        "SELECT FROM_UNIXTIME(0)",
+        "SELECT FROM_UNIXTIME(86400)",  # (MariaDB 11.8 answers NULL for FROM_UNIXTIME(0) in any time zone)
         "SET SESSION sql_mode=DEFAULT",
         "SELECT @@sql_mode = @@GLOBAL.sql_mode",
         "SET time_zone=DEFAULT",
