@@ -37,6 +37,7 @@ from proxy.mysql.messages import (
     build_handshake_response,
     build_ok,
     build_ssl_request,
+    default_session_state,
     is_eof,
     lenenc_int,
     lenenc_str,
@@ -481,6 +482,19 @@ def test_strip_session_track_on_captured_packets() -> None:
     w = OKPacketWrapper(MysqlPacket(stripped, "utf8"))
     assert w.message == b"\x12Statement prepared" and w.server_status == Status.AUTOCOMMIT
     assert strip_session_track(memoryview(OK_BEGIN)) == OK_BEGIN
+
+
+def test_default_session_state_keeps_what_links_do_not_ask_for() -> None:
+    """A link asks for every variable and the state-change flag; a client with default trackers
+    gets the schema and five variables of those, and every GTID or transaction entry as it is:
+    the server sends those to any session (MySQL 9 the transaction state, with the tracker OFF)."""
+    state = parse_ok(OK_SET_NAMES, Cap.SESSION_TRACK).session_state
+    assert parse_session_state(default_session_state(state)).variables == [
+        ("character_set_connection", "latin1"), ("character_set_client", "latin1"), ("character_set_results", "latin1")]
+    assert not parse_session_state(default_session_state(state)).state_changed
+    trx = parse_ok(OK_TRX_INFO, Cap.SESSION_TRACK).session_state
+    assert default_session_state(trx) == trx
+    assert default_session_state(parse_ok(OK_USER_VAR, Cap.SESSION_TRACK).session_state) == b""
 
 
 def test_parse_session_state_formats() -> None:

@@ -72,6 +72,10 @@ STATEMENTS = [
     "SELECT * FROM no_such_table",  # ERR 1146
     "SELEKT 1",  # ERR 1064
     "DO 1",
+    # MySQL reports the transaction's state to every session (tracker OFF or not): kept for the client.
+    "BEGIN",
+    "UPDATE ok_bytes SET n = n + 1 WHERE id = 1",
+    "COMMIT",
 ]
 MULTI = "UPDATE ok_bytes SET n = 0 WHERE id = 1; INSERT INTO ok_bytes (id) VALUES (50), (51); SELECT COUNT(*) FROM ok_bytes"
 

@@ -339,9 +339,16 @@ def strip_session_track(p: bytes | memoryview) -> bytes:
 
 
 # What the trackers report to a session with the server's default settings (MariaDB 10.2+ and
-# MySQL 5.7+ alike): the schema and these variables; no state-change flag, GTIDs or transaction info.
+# MySQL 5.7+ alike): the schema and these variables, no state-change flag. A link changes only
+# those trackers (backend.TRACKING_SETUP); entries of the others (GTIDs, transaction
+# characteristics and state) reach a link as they reach any session of that server, and so the
+# client: MySQL 9 reports the transaction state (BEGIN: "T_______") to every session even with
+# session_track_transaction_info OFF.
 DEFAULT_TRACKED_VARIABLES = frozenset(
     {b"autocommit", b"character_set_client", b"character_set_connection", b"character_set_results", b"time_zone"}
+)
+_NOT_SET_BY_LINKS = frozenset(
+    {SessionTrack.SCHEMA, SessionTrack.GTIDS, SessionTrack.TRANSACTION_CHARACTERISTICS, SessionTrack.TRANSACTION_STATE}
 )
 
 
@@ -353,7 +360,7 @@ def default_session_state(block: bytes) -> bytes:
         start = pos
         kind = block[pos]
         data, pos = read_lenenc_str(block, pos + 1)
-        if kind == SessionTrack.SCHEMA:
+        if kind in _NOT_SET_BY_LINKS:
             out.append(block[start:pos])
         elif kind == SessionTrack.SYSTEM_VARIABLES:
             name, _ = read_lenenc_str(data, 0)
