@@ -120,6 +120,10 @@ class PoolConfig:
     pinned_idle_timeout: float = 600.0
     # Close a client that reads none of a response for this long (it holds a link meanwhile).
     client_write_timeout: float = 60.0
+    # Every link held by a client idle while pinned, and clients waiting this long: a stall (an
+    # app waiting for a second connection while its first holds a transaction). A victim's
+    # transaction is rolled back (its next statement gets 1213) and its link goes to a waiter.
+    stall_timeout: float = 1.0
     # Seconds between reconnect attempts while the server is unreachable grow to this cap.
     reconnect_backoff_max: float = 2.0
 
@@ -424,7 +428,7 @@ def _pool_spec(backend_raw: Any, pool_raw: Any, users_raw: Any, prefix: str, war
     _check(pool.connect_timeout > 0, f"{p}.connect_timeout", "must be > 0 seconds")
     _check(pool.max_concurrent_connects >= 1, f"{p}.max_concurrent_connects", "must be at least 1")
     for key in ("ping_after_idle", "idle_timeout", "max_lifetime", "idle_transaction_timeout", "pinned_idle_timeout",
-                "client_write_timeout"):
+                "client_write_timeout", "stall_timeout"):
         _check(getattr(pool, key) >= 0, f"{p}.{key}", "must be >= 0 (0 disables it)")
     _check(pool.reconnect_backoff_max > 0, f"{p}.reconnect_backoff_max", "must be > 0")
     if users_raw is None:

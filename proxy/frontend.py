@@ -42,6 +42,7 @@ from .session import (
     PIN_CURSOR,
     PIN_LONG_DATA,
     PIN_NEXT_STATEMENT,
+    PIN_NEXT_TRANSACTION,
     PIN_TRANSACTION,
     LinkState,
     PreparedStatement,
@@ -93,6 +94,8 @@ LOGIN_MAX_PAYLOAD = 64 * 1024
 # max_client_connections (silent sockets must not lock logins and the admin console out), and
 # handshake_timeout closes each.
 MAX_PENDING_LOGINS = 1024
+# A stall's victim holding only these is rolled back and goes on (1213); holding more, it is closed.
+STALL_VICTIM_PINS = frozenset({PIN_TRANSACTION, PIN_NEXT_STATEMENT, PIN_NEXT_TRANSACTION})
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Session variables that change what SET NAMES <charset> (with no COLLATE) picks, or which
 # character set a name means: a SET NAMES answer learned in one context holds only in the same.
@@ -494,6 +497,11 @@ class ClientConnection(asyncio.Protocol):
             self._fatal(Err.NET_READ_ERROR, "Got an empty command packet", seq + 1)
             return
         cmd = payload[0]
+        if session.pending_error is not None and (cmd == Command.QUERY or cmd == Command.STMT_EXECUTE):
+            code, message = session.pending_error
+            session.pending_error = None
+            self.send_error(code, message, seq + 1)
+            return
         stmt = None
         if cmd == Command.QUERY and not self.is_admin:
             escapes = session.backslash_escapes
@@ -1284,6 +1292,36 @@ class ClientConnection(asyncio.Protocol):
                     self.upstream.spec.pool.pinned_idle_timeout, reasons)
         self._fatal(Err.CONNECTION_KILLED, "Connection closed by mysql-pool-proxy: idle longer than pinned_idle_timeout "
                     f"while holding a server connection ({reasons}); an open transaction was rolled back", seq=0)
+
+    async def be_stall_victim(self, others_waiting: int) -> None:
+        """Every link is held by an idle pinned client and others wait: this one gives its link up.
+
+        Holding only a transaction, it is rolled back (the link is reset) and its next statement
+        gets 1213, as a server's deadlock victim does: apps and ORMs retry on it. Nothing of it is
+        committed or run again. Holding more (a named lock, a temporary table ...), which the
+        proxy cannot keep for it, it is closed with an error that says so."""
+        session = self.session
+        if self.busy or session is None or self.link is None:
+            return
+        pins = ", ".join(session.pins)
+        if set(session.pins) <= STALL_VICTIM_PINS:
+            log.warning("client %d (%s): all server connections held by idle clients while %d waited; rolling back "
+                        "this client's idle transaction (its next statement gets 1213)", self.proxy_id, self.peer,
+                        others_waiting)
+            self.busy = True
+            session.pins.clear()
+            session.pending_error = (Err.LOCK_DEADLOCK, "Deadlock found when trying to get lock; try restarting "
+                                     "transaction (mysql-pool-proxy: every server connection was held by an idle "
+                                     "transaction while other clients waited; this one was rolled back)")
+            await self._drop_link_state()
+            self._done()
+            return
+        log.warning("client %d (%s): all server connections held by idle clients while %d waited; closing this "
+                    "client, which holds state the proxy cannot keep without its link (%s)", self.proxy_id,
+                    self.peer, others_waiting, pins)
+        self._fatal(Err.LOCK_DEADLOCK, "Deadlock found when trying to get lock: every server connection was held by "
+                    f"an idle client while others waited; this connection held {pins} and was closed "
+                    "(an open transaction was rolled back)", seq=0)
 
     def give_up_diagnostics(self) -> None:
         """Others wait for a link this idle client keeps only for questions about its last

@@ -68,6 +68,7 @@ class PoolStats:
     queued_leases: int = 0
     queue_timeouts: int = 0
     max_open_seen: int = 0
+    stalls_broken: int = 0  # every link held by an idle pinned client while others waited: a victim was chosen
     total_wait: float = 0.0  # of requests served from the queue and of those that timed out there
 
 
@@ -139,6 +140,7 @@ class Pool:
             "connects": self.stats.connects,
             "connect_failures": self.stats.connect_failures,
             "capacity_refusals": self.stats.capacity_refusals,
+            "stalls_broken": self.stats.stalls_broken,
             "links_died_idle": self.stats.links_died_idle,
             "leases": self.stats.leases,
             "queued_leases": self.stats.queued_leases,

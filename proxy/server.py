@@ -16,7 +16,7 @@ from . import admin
 from . import config as config_mod
 from . import tls
 from .config import Config
-from .frontend import ClientConnection, ClientStats
+from .frontend import STALL_VICTIM_PINS, ClientConnection, ClientStats
 from .session import PIN_NEXT_STATEMENT, PIN_TRANSACTION
 from .upstream import Upstream
 
@@ -240,8 +240,29 @@ class ProxyServer:
                 now = time.monotonic()
                 for client in list(self.clients.values()):
                     self._watch_client(client, now)
+                for upstream in self.upstreams.values():
+                    self._break_stall(upstream)
             except Exception:  # noqa: BLE001 - the janitor must outlive any one bad pass
                 log.exception("janitor pass failed")
+
+    def _break_stall(self, upstream: Upstream) -> None:
+        """Every link held by a client idle while pinned, and clients waiting past stall_timeout:
+        nothing moves until one of them gives its link up (an app holding a transaction while its
+        own process waits for a second connection never will). Choose a victim as a database
+        chooses a deadlock's: one holding only a transaction if any, the youngest transaction."""
+        pool = upstream.pool
+        timeout = upstream.spec.pool.stall_timeout
+        if not timeout or not pool.waiters or pool.idle_total or pool.opening or pool.total < pool.effective_cap:
+            return
+        if asyncio.get_running_loop().time() - pool.waiters[0][2] < timeout:
+            return
+        holders = [c for c in self.clients.values() if c.upstream is upstream and c.link is not None]
+        if len(holders) < len(pool.links) or any(c.busy or c.session is None or not c.session.pins for c in holders):
+            return  # a link is busy or on its way back: it will free itself
+        plain = [c for c in holders if set(c.session.pins) <= STALL_VICTIM_PINS]  # type: ignore[union-attr]
+        victim = max(plain or holders, key=lambda c: max(c.session.pins.values()))  # type: ignore[union-attr]
+        pool.stats.stalls_broken += 1
+        self.spawn(victim.be_stall_victim(len(pool.waiters)))
 
     def _watch_client(self, client: ClientConnection, now: float) -> None:
         """The per-client time bounds: no client holds a link for nothing for long."""

@@ -196,6 +196,8 @@ class Session:
     # The link of an open transaction was lost: nothing of it committed. Every statement fails
     # until the client sends ROLLBACK (as the server would refuse to go on with half of it).
     transaction_lost: str = ""  # why ("" while nothing was lost)
+    # An error the next statement gets, once: a stall's victim learns its transaction was rolled back.
+    pending_error: tuple[int, str] | None = None
     # The session's sql_mode lets backslashes escape in strings; None: the server's default
     # (Upstream.backslash_escapes). The lexer reads '\'' by it.
     backslash_escapes: bool | None = None
