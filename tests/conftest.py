@@ -416,7 +416,10 @@ def proxy_defaults(mariadb: MariaDB) -> dict[str, Any]:
     return {
         "listen": {"host": "127.0.0.1", "port": free_port()},
         "backend": {"host": mariadb.host, "port": mariadb.port, "user": APP_USER, "password": APP_PASSWORD},
-        "pool": {"max_connections": 5, "queue_timeout": 10, "connect_timeout": 5},
+        # stall_timeout off: many tests exhaust a small pool on purpose (a pinned client holds the
+        # only link, the next waits) to prove pins; the stall breaker, which would end such a wait
+        # by closing the holder after a second, has tests of its own (tests/test_stall.py).
+        "pool": {"max_connections": 5, "queue_timeout": 10, "connect_timeout": 5, "stall_timeout": 0},
         # Short drain so fixture teardown is quick; drain tests set their own.
         "shutdown_timeout": 5,
     }
