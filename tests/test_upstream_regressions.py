@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pymysql
+from pymysql.constants import SERVER_STATUS
 import pytest
 
 from conftest import MariaDB, ProxyProcess, recv_packet
@@ -52,9 +53,6 @@ def idle_autocommit_off_clients(connect: Connect, clients: int) -> list[Any]:
     return out
 
 
-@pytest.mark.xfail(strict=True, reason="proxy/session.py Session.after_response pins every autocommit-off "
-                   "session from its first statement, though SELECT 1 opened no transaction: each idle "
-                   "client holds a link until COMMIT/ROLLBACK (aiomysql's suite stalls on it)")
 def test_idle_autocommit_off_clients_do_not_hold_the_links(mariadb: MariaDB,
                                                             proxy_factory: Callable[..., ProxyProcess]) -> None:
     direct = idle_autocommit_off_clients(mariadb.connect, 3)
@@ -95,8 +93,6 @@ def process_kill_command(connect: Connect, raw_login: Callable[[], tuple[socket.
     return out
 
 
-@pytest.mark.xfail(strict=True, reason="proxy/frontend.py relays COM_PROCESS_KILL to the server unchanged: the "
-                   "server reads the proxy's id as one of its own threads (1094 Unknown thread id)")
 def test_com_process_kill_with_the_greeting_id(mariadb: MariaDB, proxy_factory: Callable[..., ProxyProcess]) -> None:
     from conftest import APP_PASSWORD, APP_USER
 
@@ -104,4 +100,33 @@ def test_com_process_kill_with_the_greeting_id(mariadb: MariaDB, proxy_factory: 
     p = proxy_factory()
     via = process_kill_command(p.connect, lambda: _raw_login(p.host, p.port, APP_USER, APP_PASSWORD))
     assert direct == ["ok", ("victim gone", True)]
+    assert via == direct
+
+
+def no_backslash_escapes_status(connect: Connect) -> list[Any]:
+    """sql_mode NO_BACKSLASH_ESCAPES set by the init command, then answers the proxy may give itself
+    (SET autocommit, COM_PING): drivers read the mode from the status flags of the last OK and
+    escape strings by it (aiomysql's and PyMySQL's escape(); a wrong one breaks quoting)."""
+    out: list[Any] = []
+    conn = connect(init_command="SET sql_mode='NO_BACKSLASH_ESCAPES'", autocommit=False)
+    try:
+        out.append(("after connect", bool(conn.server_status & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES),
+                    conn.escape("foo'bar\\")))
+        conn.ping(reconnect=False)
+        out.append(("after ping", bool(conn.server_status & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES)))
+        conn.autocommit(True)
+        out.append(("after SET autocommit", bool(conn.server_status & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES)))
+    finally:
+        conn.close()
+    return out
+
+
+@pytest.mark.xfail(strict=True, reason="proxy/frontend.py ClientConnection._status leaves out "
+                   "SERVER_STATUS_NO_BACKSLASH_ESCAPES in the OK packets the proxy writes itself")
+def test_no_backslash_escapes_in_the_proxy_s_own_answers(mariadb: MariaDB,
+                                                        proxy_factory: Callable[..., ProxyProcess]) -> None:
+    direct = no_backslash_escapes_status(mariadb.connect)
+    p = proxy_factory()
+    via = no_backslash_escapes_status(p.connect)
+    assert direct == [("after connect", True, "'foo''bar\\'"), ("after ping", True), ("after SET autocommit", True)]
     assert via == direct
