@@ -290,7 +290,12 @@ class Session:
         else:
             was_off, self.autocommit_off = self.autocommit_off, not status & Status.AUTOCOMMIT
             ended = stmt is not None and Kind.TRANSACTION_END in stmt.kind and ok
-            if status & Status.IN_TRANS or (was_off and self.autocommit_off and not ended):
+            # With autocommit off the transaction began with the session's first statement, yet
+            # the server says IN_TRANS only once a table is touched: a SAVEPOINT before that lives
+            # in the transaction all the same, which then lasts until COMMIT / ROLLBACK.
+            savepoint = stmt is not None and Kind.SAVEPOINT in stmt.kind and ok
+            if status & Status.IN_TRANS or (self.autocommit_off and not ended and (
+                    savepoint or (was_off and PIN_TRANSACTION in self.pins))):
                 self.pin(PIN_TRANSACTION)
             else:
                 self.unpin(PIN_TRANSACTION)
