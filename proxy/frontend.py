@@ -638,6 +638,11 @@ class ClientConnection(asyncio.Protocol):
         if cmd == Command.PING:
             self._write(frame(build_ok(OK(status=self._status()), session.client_caps), seq + 1))
             return True
+        if cmd == Command.PROCESS_KILL:
+            # mysql_kill(), PHP's mysqli::kill(): the id is one a greeting of this proxy gave.
+            target = int.from_bytes(payload[1:5], "little") if len(payload) >= 5 else None
+            self._kill(seq, Classified(kind=Kind.KILL, kill_id=target, statements=1))
+            return True
         if cmd == Command.SET_OPTION and len(payload) >= 3:
             # Applied to whichever link serves the next statement (COM_SET_OPTION on lease).
             session.set_multi_statements(int.from_bytes(payload[1:3], "little") == 0)

@@ -62,6 +62,7 @@ class Kind(Flag):
     TRANSACTION_END = auto()  # COMMIT / ROLLBACK (without AND CHAIN)
     ROLLBACK = auto()  # a plain ROLLBACK: what a client sends after its transaction was lost
     EXECUTE = auto()  # EXECUTE name: does what the text prepared under that name does
+    SAVEPOINT = auto()  # part of a transaction though the server may not say one is open
 
 
 # Kinds that only ever add pins; a statement that failed may still have left them (a
@@ -410,6 +411,8 @@ def _statement(s: bytes, out: Classified) -> bool:
     elif lead == b"begin":
         if _BEGIN_COMPOUND.match(s):
             kind |= Kind.UNCERTAIN  # a compound statement: it may do anything
+    elif lead == b"savepoint":
+        kind |= Kind.SAVEPOINT
     elif lead == b"commit" or lead == b"rollback":
         t = _TRANSACTION_END.match(s)
         if t:
