@@ -63,6 +63,7 @@ class Kind(Flag):
     ROLLBACK = auto()  # a plain ROLLBACK: what a client sends after its transaction was lost
     EXECUTE = auto()  # EXECUTE name: does what the text prepared under that name does
     SAVEPOINT = auto()  # part of a transaction though the server may not say one is open
+    SESSION_SET = auto()  # alone: exactly one SET NAMES or SET autocommit (session_set), which the proxy may answer
 
 
 # Kinds that only ever add pins; a statement that failed may still have left them (a
@@ -564,7 +565,12 @@ def classify(sql: bytes, backslash_escapes: bool | None = None) -> Classified | 
             and b"value" not in lowered and b"sql_calc_found_rows" not in lowered and b"processlist" not in lowered):
         return None
     out = classify_all(sql, backslash_escapes, lowered)
-    return out if out.kind else None
+    if out.kind:
+        return out
+    if lowered[:3] == b"set" and session_set(sql) is not None:
+        out.kind = Kind.SESSION_SET
+        return out
+    return None
 
 
 _SCHEMA_FREE_LEADS = frozenset((b"set", b"select", b"do", b"show"))
