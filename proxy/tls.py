@@ -106,6 +106,7 @@ class ClientTls(asyncio.Protocol, asyncio.Transport):
         incoming, tls = self._incoming, self._tls
         incoming.write(data)
         plain = []
+        closed = False
         try:
             if not self._handshake_done:
                 tls.do_handshake()
@@ -115,14 +116,17 @@ class ClientTls(asyncio.Protocol, asyncio.Transport):
             while incoming.pending or tls.pending():
                 chunk = tls.read(_READ_SIZE)
                 if not chunk:
+                    # The client's close_notify: the ssl module reads it as b"", not as
+                    # SSLZeroReturnError. A client may close so without COM_QUIT (asyncio's TLS
+                    # transport does, as aiomysql's close()), and the server ends such a session
+                    # at once: so must the proxy, or its link stays held with whatever it holds.
+                    closed = True
                     break
                 plain.append(chunk)
         except ssl.SSLWantReadError:
             pass  # a partial record: the rest comes with the next read
-        except ssl.SSLZeroReturnError:  # the client's close_notify
-            self._flush()
-            self._raw.close()
-            return
+        except ssl.SSLZeroReturnError:
+            closed = True
         except ssl.SSLError as e:
             self._flush()  # a TLS alert, if OpenSSL wrote one
             self._fail(e)
@@ -130,6 +134,8 @@ class ClientTls(asyncio.Protocol, asyncio.Transport):
         self._flush()
         if self._handshake_done and plain:
             self._app.data_received(b"".join(plain) if len(plain) > 1 else plain[0])
+        if closed:
+            self._raw.close()
 
     def _fail(self, e: ssl.SSLError) -> None:
         log.info("client TLS error from %s: %s; closing", self._raw.get_extra_info("peername"), e.reason or e)

@@ -7,15 +7,19 @@ compares what the client sees.
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pymysql
 from pymysql.constants import SERVER_STATUS
 import pytest
 
-from conftest import MariaDB, ProxyProcess, recv_packet
+import mariadb_server
+from conftest import APP_DB, APP_PASSWORD, APP_USER, MariaDB, ProxyProcess, recv_packet
+from tls_certs import TlsFiles, make_tls_files
 
 Connect = Callable[..., pymysql.connections.Connection]
 
@@ -94,8 +98,6 @@ def process_kill_command(connect: Connect, raw_login: Callable[[], tuple[socket.
 
 
 def test_com_process_kill_with_the_greeting_id(mariadb: MariaDB, proxy_factory: Callable[..., ProxyProcess]) -> None:
-    from conftest import APP_PASSWORD, APP_USER
-
     direct = process_kill_command(mariadb.connect, lambda: _raw_login(mariadb.host, mariadb.port, APP_USER, APP_PASSWORD))
     p = proxy_factory()
     via = process_kill_command(p.connect, lambda: _raw_login(p.host, p.port, APP_USER, APP_PASSWORD))
@@ -129,4 +131,70 @@ def test_no_backslash_escapes_in_the_proxy_s_own_answers(mariadb: MariaDB,
     p = proxy_factory()
     via = no_backslash_escapes_status(p.connect)
     assert direct == [("after connect", True, "'foo''bar\\'"), ("after ping", True), ("after SET autocommit", True)]
+    assert via == direct
+
+
+# -- a TLS client that leaves with close_notify alone -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def tls_server(tls_files: TlsFiles) -> Iterator[MariaDB]:
+    """A private server that offers TLS, for the direct half of the comparison."""
+    try:
+        db = MariaDB.launch(prefix="mpp-mariadb-tls-", hint=mariadb_server.INSTALL_HINT,
+                            tls_files=(tls_files.ca, tls_files.server_cert, tls_files.server_key))
+    except mariadb_server.ServerError as e:
+        pytest.fail(str(e), pytrace=False)
+    try:
+        db.make_account(APP_USER, APP_PASSWORD, APP_DB)
+        db.sql(f"CREATE TABLE `{APP_DB}`.tls_leave (id INT PRIMARY KEY) ENGINE=InnoDB")
+        yield db
+    finally:
+        db.remove()
+
+
+def open_transactions(server: MariaDB) -> int:
+    return int(server.sql("SELECT COUNT(*) FROM information_schema.innodb_trx")[0][0])
+
+
+def leave_with_close_notify(connect: Connect, server: MariaDB, ca: str) -> list[Any]:
+    """A TLS client inside a transaction sends close_notify and no COM_QUIT, its TCP connection left
+    open (asyncio's TLS transport closes so: aiomysql's close()). The server ends such a session at
+    once and rolls its transaction back; through the proxy the link must not stay held by it."""
+    out: list[Any] = []
+    conn = connect(autocommit=False, ssl={"ca": ca})
+    with conn.cursor() as cur:
+        cur.execute("INSERT INTO tls_leave VALUES (1)")
+    out.append(("open transactions before", open_transactions(server)))
+    sock = conn._sock  # noqa: SLF001 - the client's SSLSocket
+    assert isinstance(sock, ssl.SSLSocket)
+    sock.settimeout(10)
+    try:
+        sock.unwrap()  # close_notify; returns (or fails) once the other side closes
+    except (OSError, ssl.SSLError):
+        pass
+    try:
+        deadline = time.monotonic() + 10
+        while open_transactions(server) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        out.append(("open transactions after", open_transactions(server)))
+        out.append(("rows", server.sql(f"SELECT COUNT(*) FROM `{APP_DB}`.tls_leave")[0][0]))
+    finally:
+        sock.close()  # only now does the TCP connection close
+        conn._sock = None  # noqa: SLF001
+    return out
+
+
+def test_tls_client_leaving_with_close_notify_ends_its_session(tls_server: MariaDB, tls_files: TlsFiles,
+                                                               proxy_factory: Callable[..., ProxyProcess]) -> None:
+    direct = leave_with_close_notify(tls_server.connect, tls_server, tls_files.ca)
+    p = proxy_factory({"listen": {"tls_cert": tls_files.server_cert, "tls_key": tls_files.server_key},
+                       "backend": {"host": tls_server.host, "port": tls_server.port}})
+    via = leave_with_close_notify(p.connect, tls_server, tls_files.ca)
+    assert direct == [("open transactions before", 1), ("open transactions after", 0), ("rows", 0)]
     assert via == direct
