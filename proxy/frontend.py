@@ -39,6 +39,7 @@ from .mysql.responses import DONE, INFILE, NO_RESPONSE, TRACKED
 from .pool import Pool, PoolTimeout, Waiter
 from .mysql.stmt import LAST_PREPARED, bind_execute, statement_id, with_statement_id
 from .session import (
+    CHARSET_VARIABLES,
     PIN_CURSOR,
     PIN_LONG_DATA,
     PIN_NEXT_STATEMENT,
@@ -61,6 +62,7 @@ from .sql import (
     rewrite_is_used_lock,
     rewrite_processlist_table,
     session_set,
+    variable_overwritten,
 )
 from .tls import ClientTls
 from .upstream import CharsetAnswer, Upstream
@@ -835,7 +837,8 @@ class ClientConnection(asyncio.Protocol):
                 # A session with no database must not run on one ("No database selected", 1046).
                 await clear_schema(link, self.upstream.spec.backend)
                 clear_diagnostics = False  # the change of user cleared them
-            commands = replay_commands(self.session.state, link.state)
+            want = self._replay_target(link)
+            commands = replay_commands(want, link.state)
             if clear_diagnostics:
                 # Another session's warnings must not answer this session's SHOW WARNINGS.
                 commands.append((Command.QUERY, CLEAR_DIAGNOSTICS))
@@ -844,7 +847,7 @@ class ClientConnection(asyncio.Protocol):
                 await link.exchange(commands)
             if clear_diagnostics:
                 link.diagnostics_dirty = False
-            mark_replayed(self.session.state, link.state)
+            mark_replayed(want, link.state)
         except (ServerError, ProtocolError) as e:
             # Part of the state may be applied: the link's state is unknown now.
             self.link = None
@@ -863,6 +866,27 @@ class ClientConnection(asyncio.Protocol):
             self.pool.release(link)
             return
         self._send(link)
+
+    def _replay_target(self, link: BackendLink) -> LinkState:
+        """The state to replay: the session's, less a variable the statement itself sets to a
+        constant (WordPress's SET SESSION sql_mode = '...' on a link with another sql_mode), which
+        the link keeps as it is: the statement overwrites it, and should it fail, the link holds
+        what the proxy knows it holds, so a later replay sets it."""
+        state = self.session.state  # type: ignore[union-attr]
+        assert self._current is not None
+        _seq, payload, cmd, _stmt = self._current
+        name = variable_overwritten(payload[1:]) if cmd == Command.QUERY else None
+        if name is None or name in CHARSET_VARIABLES or name == "autocommit":
+            return state
+        have = link.state.variables.get(name)
+        if state.variables.get(name) == have:
+            return state
+        want = state.copy()
+        if have is None:
+            del want.variables[name]
+        else:
+            want.variables[name] = have
+        return want
 
     def _needs_no_schema(self) -> bool:
         """The current command reads nothing of the default database (mysqli's SET NAMES, SET

@@ -634,6 +634,21 @@ def session_set(sql: bytes) -> SessionSet | None:
     return None
 
 
+# SET [SESSION] name = 'text' | number: one session variable given a value that reads the same under
+# every sql_mode (a single-quoted literal with no backslash, or a plain number).
+_SET_ONE_VARIABLE = re.compile(rb"\s*set\s+(?:session\s+|local\s+|@@session\.|@@local\.|@@)?([a-z_][a-z0-9_]*)\s*=\s*"
+                               rb"(?:'[^'\\]*'|-?[0-9]+)\s*\Z", re.I)
+
+
+def variable_overwritten(sql: bytes) -> str | None:
+    """The session variable the statement sets to a constant, when that is all it does, else None.
+
+    A replay before it need not set that variable: whatever it held, the statement overwrites it
+    (and should it fail, the link keeps the value the proxy knows it has)."""
+    m = _SET_ONE_VARIABLE.match(sql)
+    return m.group(1).decode().lower() if m is not None else None
+
+
 # -- rewriting calls the proxy answers ----------------------------------------------------------
 
 

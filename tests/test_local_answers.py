@@ -19,7 +19,7 @@ from test_ok_bytes import BASE_CAPS, Raw
 
 from proxy.mysql.constants import Cap
 from proxy.mysql.messages import build_ok, parse_ok, read_lenenc_str
-from proxy.sql import SessionSet, session_set
+from proxy.sql import SessionSet, session_set, variable_overwritten
 
 CHECK = ("SELECT @@character_set_client, @@character_set_connection, @@character_set_results, "
          "@@collation_connection, @@autocommit, 'Grüße, 日本', v, CHARSET(v) FROM local_answers")
@@ -250,3 +250,54 @@ def test_departing_transaction_is_rolled_back_without_a_reset(mariadb: MariaDB, 
     assert got == (1, 0), commands
     assert ("Query", "ROLLBACK") in commands, commands
     assert not any(command in ("Reset connection", "Change user") for command, _ in commands), commands
+
+
+@pytest.mark.parametrize(
+    ("sql", "name"),
+    [
+        ("SET SESSION sql_mode='NO_ZERO_IN_DATE,STRICT_TRANS_TABLES'", "sql_mode"),
+        ("set @@session.time_zone = '+01:00'", "time_zone"),
+        ("SET wait_timeout=30", "wait_timeout"),
+        ("SET sql_mode = 'a\\\\b'", None),  # a backslash: read differently under NO_BACKSLASH_ESCAPES
+        ('SET sql_mode = "ANSI"', None),  # an identifier under ANSI_QUOTES
+        ("SET sql_mode = CONCAT(@@sql_mode, ',ANSI')", None),  # depends on the value before
+        ("SET sql_mode = '', time_zone = '+00:00'", None),
+        ("SET GLOBAL sql_mode = ''", None),
+        ("SET @v = 1", None),
+        ("SET NAMES latin1", None),
+    ],
+)
+def test_variable_overwritten(sql: str, name: str | None) -> None:
+    assert variable_overwritten(sql.encode()) == name
+
+
+def test_no_replay_of_a_variable_the_statement_sets(mariadb: MariaDB, proxy_factory, general_log: None) -> None:
+    """WordPress's SET SESSION sql_mode on a link another session left in its own sql_mode: the
+    link is not first set back to the default, and the session ends as a direct one does, also
+    when the statement fails."""
+    proxy = proxy_factory({"pool": {"max_connections": 1}})
+    script = ["SET SESSION sql_mode='NO_ZERO_IN_DATE,STRICT_TRANS_TABLES'", "SELECT @@sql_mode, @@time_zone",
+              "SET SESSION sql_mode='NO_SUCH_MODE'", "SELECT @@sql_mode", "SET time_zone = '+01:00'",
+              "SELECT @@sql_mode, @@time_zone"]
+    answers = []
+    for host, port in ((mariadb.host, mariadb.port), (proxy.host, proxy.port)):
+        mariadb.sql("TRUNCATE TABLE mysql.general_log")
+        other = mariadb.connect(host=host, port=port)
+        with other, other.cursor() as cur:  # leaves the single link in another sql_mode and time_zone
+            cur.execute("SET SESSION sql_mode='ANSI_QUOTES'")
+            cur.execute("SET time_zone = '+02:00'")
+            cur.execute("SELECT 1")
+        conn, out = mariadb.connect(host=host, port=port), []
+        with conn, conn.cursor() as cur:
+            for sql in script:
+                try:
+                    cur.execute(sql)
+                    out.append(cur.fetchall())
+                except Exception as e:  # noqa: BLE001 - the server's error is part of the answer
+                    out.append(repr(e))
+        answers.append(out)
+    replays = [text for command, text in _logged(mariadb) if text.startswith("SET @@session.")]
+    assert answers[0] == answers[1]
+    assert "1231" in answers[0][2]  # the bad mode was refused, and the session kept its sql_mode
+    # The one replay the proxy needed: time_zone back to the default before the first SELECT.
+    assert replays == ["SET @@session.time_zone = DEFAULT"], replays
