@@ -179,10 +179,13 @@ def leave_with_close_notify(connect: Connect, server: MariaDB, ca: str) -> list[
     except (OSError, ssl.SSLError):
         pass
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while open_transactions(server) and time.monotonic() < deadline:
             time.sleep(0.05)
-        out.append(("open transactions after", open_transactions(server)))
+        left = open_transactions(server)
+        out.append(("open transactions after", left))
+        if left:  # what the server still runs, for the failure message
+            out.append(server.sql("SELECT id, user, command, time, state FROM information_schema.processlist"))
         out.append(("rows", server.sql(f"SELECT COUNT(*) FROM `{APP_DB}`.tls_leave")[0][0]))
     finally:
         sock.close()  # only now does the TCP connection close
