@@ -100,6 +100,10 @@ def read_junit(path: Path) -> Outcome:
 _UT_LINE = re.compile(r"^(\w+) \(([\w.]+)\)(?:\n[^\n]*?)? \.\.\. (ok|FAIL|ERROR|skipped|expected failure|unexpected success)",
                       re.M)
 _UT_HEADER = re.compile(r"^(?:FAIL|ERROR|UNEXPECTED SUCCESS): (\w+) \(([\w.]+)\)", re.M)
+# Connector/Python's runner prints the bare id: "cursor.MySQLCursorTests.test_x ... ok", "FAIL: cursor.M...".
+_UT_BARE_LINE = re.compile(r"^([\w]+(?:\.[\w]+)+) \.\.\. (ok|FAIL|ERROR|skipped|expected failure|unexpected success)",
+                           re.M)
+_UT_BARE_HEADER = re.compile(r"^(?:FAIL|ERROR|UNEXPECTED SUCCESS): ([\w]+(?:\.[\w]+)+)$", re.M)
 
 
 def _ut_id(name: str, paren: str) -> str:
@@ -117,8 +121,12 @@ def read_unittest(text: str) -> Outcome:
             out.skipped.add(tid)
         else:
             out.failed.add(tid)
-    for m in _UT_HEADER.finditer(text):  # setUpClass errors and results printed apart from their line
-        tid = _ut_id(m.group(1), m.group(2))
+    for m in _UT_BARE_LINE.finditer(text):
+        tid, result = m.group(1), m.group(2)
+        (out.passed if result in ("ok", "expected failure") else out.skipped if result == "skipped"
+         else out.failed).add(tid)
+    headers = [_ut_id(m.group(1), m.group(2)) for m in _UT_HEADER.finditer(text)]
+    for tid in headers + _UT_BARE_HEADER.findall(text):  # setUpClass errors, results printed apart from their line
         out.failed.add(tid)
         out.passed.discard(tid)
     return out
@@ -428,6 +436,19 @@ def run_once(suite: Suite, src: Path, target: Target, tests: list[str], k: list[
     return outcome
 
 
+def reread(suite: Suite) -> dict[str, Any]:
+    """The report of the last run, read again from its logs (after a change to how they are read)."""
+    outcomes = {}
+    for name in ("direct", "proxy"):
+        logfile = CACHE / suite.name / f"{name}.log"
+        if logfile.exists():
+            o = (read_junit(CACHE / suite.name / f"{name}.xml") if suite.results == "junit"
+                 else read_unittest(logfile.read_text(errors="replace")))
+            outcomes[name] = o
+    proxy_log = CACHE / suite.name / "mysql-pool-proxy.log"
+    return report(suite, outcomes, proxy_log.read_text(errors="replace").count("Traceback") if proxy_log.exists() else 0)
+
+
 def run_suite(suite: Suite, args: argparse.Namespace) -> dict[str, Any]:
     src = unpack(suite)
     install(suite, src)
@@ -457,7 +478,7 @@ def run_suite(suite: Suite, args: argparse.Namespace) -> dict[str, Any]:
                 if not proxy.alive:
                     raise SystemExit(f"the proxy exited during the run:\n{proxy.log()[-4000:]}")
             tracebacks = proxy.log().count("Traceback")
-            (CACHE / suite.name / "proxy.log").write_text(proxy.log())
+            (CACHE / suite.name / "mysql-pool-proxy.log").write_text(proxy.log())
     finally:
         db.remove()
     return report(suite, outcomes, tracebacks)
@@ -489,7 +510,7 @@ def report(suite: Suite, outcomes: dict[str, Outcome], tracebacks: int) -> dict[
             print(f"   ran direct but not through the proxy: {len(missing)} (first: {missing[0]})")
         result.update(only_proxy=only_proxy, only_direct=only_direct, missing=len(missing))
     if tracebacks:
-        print(f"   the proxy logged {tracebacks} Traceback(s): {CACHE / suite.name / 'proxy.log'}")
+        print(f"   the proxy logged {tracebacks} Traceback(s): {CACHE / suite.name / 'mysql-pool-proxy.log'}")
     result["proxy_tracebacks"] = tracebacks
     (CACHE / suite.name / "result.json").write_text(json.dumps(result, indent=1))
     return result
@@ -505,6 +526,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--exclude", action="append", default=[], help="leave this test id out (repeatable)")
     ap.add_argument("--only", choices=("direct", "proxy"), help="one run only")
     ap.add_argument("--install-only", action="store_true", help="download and install the suites, run nothing")
+    ap.add_argument("--report-only", action="store_true", help="report the last run again from its logs")
     ap.add_argument("--proxy-rev", metavar="REV", help="run proxy/ as of this git revision (default: the working tree)")
     ap.add_argument("--proxy-src", metavar="DIR", type=Path, help="run proxy/ from this directory (DIR/proxy)")
     ap.add_argument("--pool", type=int, default=4, help="the proxy's pool.max_connections (default 4)")
@@ -531,6 +553,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             (CACHE / name).mkdir(exist_ok=True)
             if args.install_only:
                 install(SUITES[name], unpack(SUITES[name]))
+                continue
+            if args.report_only:
+                bad += len(reread(SUITES[name]).get("only_proxy", []))
                 continue
             result = run_suite(SUITES[name], args)
             bad += len(result.get("only_proxy", []))
