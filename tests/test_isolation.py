@@ -614,7 +614,7 @@ def _begin_only_check(a: Client) -> None:
 
 SHAPES = _shapes()
 # MySQL reads /*M! */ as a plain comment and has no CREATE OR REPLACE: those shapes are MariaDB's own.
-PARAMS = [pytest.param(s, id=s.id, marks=pytest.mark.skipif(s.mariadb_only and SERVER.mysql, reason="MariaDB syntax"))
+PARAMS = [pytest.param(s, id=s.id, marks=pytest.mark.skipif(s.mariadb_only and SERVER.mysql, reason="MariaDB only: MySQL has no CREATE OR REPLACE and reads /*M! */ as a comment"))
           for s in SHAPES]
 
 

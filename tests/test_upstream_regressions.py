@@ -18,7 +18,7 @@ from pymysql.constants import SERVER_STATUS
 import pytest
 
 import mariadb_server
-from conftest import APP_DB, APP_PASSWORD, APP_USER, MariaDB, ProxyProcess, recv_packet
+from conftest import APP_DB, APP_PASSWORD, APP_USER, SERVER, MariaDB, ProxyProcess, recv_packet
 from tls_certs import TlsFiles, make_tls_files
 
 Connect = Callable[..., pymysql.connections.Connection]
@@ -97,11 +97,14 @@ def process_kill_command(connect: Connect, raw_login: Callable[[], tuple[socket.
     return out
 
 
+@pytest.mark.xfail(SERVER.mysql, strict=True, reason="proxy/frontend.py translates COM_PROCESS_KILL into KILL <id> "
+                   "on every server; MySQL 8.0+ no longer has the command and answers 1047 Unknown command")
 def test_com_process_kill_with_the_greeting_id(mariadb: MariaDB, proxy_factory: Callable[..., ProxyProcess]) -> None:
     direct = process_kill_command(mariadb.connect, lambda: _raw_login(mariadb.host, mariadb.port, APP_USER, APP_PASSWORD))
     p = proxy_factory()
     via = process_kill_command(p.connect, lambda: _raw_login(p.host, p.port, APP_USER, APP_PASSWORD))
-    assert direct == ["ok", ("victim gone", True)]
+    # MySQL 8.0 removed COM_PROCESS_KILL: an error, and the victim goes on.
+    assert direct == ([("error", 1047), ("victim", (1,))] if SERVER.mysql else ["ok", ("victim gone", True)])
     assert via == direct
 
 
