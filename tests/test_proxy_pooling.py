@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import pymysql
 import pytest
@@ -655,3 +656,50 @@ def test_pinned_client_leaving_leaves_a_clean_link(mariadb, proxy_factory, how: 
     assert mariadb.sql(f"SELECT COUNT(*) FROM {APP_DB}.pin_t") == ((0,),)
     # Reset and reused (b_thread == a_thread), or closed and replaced: both are fine; the cap holds.
     assert count_backend_connections(mariadb, APP_USER) == 1
+
+
+def _idle_with_warnings_script(conn: pymysql.connections.Connection, i: int) -> None:
+    """What a framework's connect hook does (sql_mode and time_zone), then a statement that leaves a
+    warning: on MySQL the SET sql_mode itself warns (3135: NO_ZERO_DATE ... with strict mode)."""
+    with conn.cursor() as cur:
+        cur.execute("SET SESSION sql_mode = 'STRICT_TRANS_TABLES'")
+        cur.execute("SET time_zone = %s", (f"+{i % 12:02d}:00",))
+        cur.execute("SELECT CAST('x' AS SIGNED)")  # 1292 Truncated incorrect INTEGER value
+
+
+def _warnings(conn: pymysql.connections.Connection) -> tuple[Any, ...]:
+    with conn.cursor() as cur:
+        cur.execute("SHOW WARNINGS")
+        return tuple(cur.fetchall())
+
+
+def test_idle_clients_with_warnings_share_the_links(mariadb, proxy_factory) -> None:
+    """40 clients set sql_mode and time_zone on connect, end with a statement that left a warning and
+    stay idle: a pool of 3 serves them all and one more, and each still gets its own warnings from
+    SHOW WARNINGS afterwards, as a direct connection does."""
+    direct = mariadb.connect()
+    try:
+        _idle_with_warnings_script(direct, 0)
+        want = _warnings(direct)
+    finally:
+        direct.close()
+    assert any(row[1] == 1292 for row in want), want
+    p = proxy_factory({**ADMIN, "pool": {"max_connections": 3, "queue_timeout": 20}})
+    sampler = ProcesslistSampler(mariadb, APP_USER)
+    clients = []
+    with sampler:
+        for i in range(40):
+            conn = p.connect()
+            _idle_with_warnings_script(conn, i)
+            clients.append(conn)
+        late = p.connect()
+        assert scalar(late, "SELECT 'served'") == "served"
+        late.close()
+        for i, conn in enumerate(clients):
+            assert _warnings(conn) == want, f"client {i}"
+            with conn.cursor() as cur:
+                cur.execute("SELECT @@sql_mode, @@time_zone")
+                assert cur.fetchone() == ("STRICT_TRANS_TABLES", f"+{i % 12:02d}:00"), f"client {i}"
+            conn.close()
+    assert sampler.error is None and sampler.samples, sampler.error
+    assert sampler.max <= 3, f"the server saw {sampler.max} logins of the account (pool of 3)"
