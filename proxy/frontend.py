@@ -96,6 +96,8 @@ LOGIN_MAX_PAYLOAD = 64 * 1024
 # max_client_connections (silent sockets must not lock logins and the admin console out), and
 # handshake_timeout closes each.
 MAX_PENDING_LOGINS = 1024
+# What _kept_warnings_answer answers: SHOW [COUNT(*)] WARNINGS | ERRORS, alone.
+_SHOW_DIAGNOSTICS = re.compile(rb"\s*show\s+(count\s*\(\s*\*\s*\)\s+)?(warnings|errors)\s*;?\s*\Z", re.I)
 # A stall's victim holding only these is rolled back and goes on (1213); holding more, it is closed.
 STALL_VICTIM_PINS = frozenset({PIN_TRANSACTION, PIN_NEXT_STATEMENT, PIN_NEXT_TRANSACTION})
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -499,6 +501,11 @@ class ClientConnection(asyncio.Protocol):
             self._fatal(Err.NET_READ_ERROR, "Got an empty command packet", seq + 1)
             return
         cmd = payload[0]
+        if session.kept_warnings is not None:
+            if cmd == Command.QUERY and self._kept_warnings_answer(seq, payload):
+                return
+            if cmd == Command.STMT_EXECUTE or cmd == Command.STMT_PREPARE:
+                session.kept_warnings = None  # a new statement: they are no longer the last one's
         if session.pending_error is not None and (cmd == Command.QUERY or cmd == Command.STMT_EXECUTE):
             code, message = session.pending_error
             session.pending_error = None
@@ -1350,16 +1357,48 @@ class ClientConnection(asyncio.Protocol):
                     f"an idle client while others waited; this connection held {pins} and was closed "
                     "(an open transaction was rolled back)", seq=0)
 
-    def give_up_diagnostics(self) -> None:
+    async def give_up_diagnostics(self) -> None:
         """Others wait for a link this idle client keeps only for questions about its last
-        statement's warnings: let it go. A later SHOW WARNINGS runs on a cleared link (empty, never
-        another session's)."""
+        statement's warnings: read them (one round trip), keep them for SHOW WARNINGS, and let the
+        link go."""
         session, link = self.session, self.link
         if self.busy or session is None or link is None or set(session.pins) != {PIN_NEXT_STATEMENT}:
             return
+        self.busy = True
+        try:
+            (reply,) = await link.exchange([(Command.QUERY, b"SHOW WARNINGS")])
+            session.kept_warnings = reply.rows()
+        except (ServerError, LinkLost, OSError) as e:
+            log.info("client %d: could not read its warnings before giving its link up (%s)", self.proxy_id, e)
+            session.kept_warnings = None
         session.unpin(PIN_NEXT_STATEMENT)
-        self.link = None
-        self.pool.release(link)
+        if self.link is link:
+            self.link = None
+            if link.closed:
+                self.pool.discard(link)
+            else:
+                self.pool.release(link)
+        self._done()
+
+    def _kept_warnings_answer(self, seq: int, payload: bytes) -> bool:
+        """SHOW WARNINGS / SHOW ERRORS / SHOW COUNT(*) WARNINGS answered from the kept warnings."""
+        session = self.session
+        assert session is not None and session.kept_warnings is not None
+        m = _SHOW_DIAGNOSTICS.match(payload, 1)
+        if m is None:
+            session.kept_warnings = None  # a new statement: those warnings are no longer the last
+            return False
+        rows = session.kept_warnings
+        if m.group(2).lower() == b"errors":
+            rows = [r for r in rows if (r[0] or "").lower() == "error"]
+        if m.group(1):
+            columns, rows = [f"@@session.{m.group(2).decode().lower()[:-1]}_count"], [[len(rows)]]
+            numeric = set(columns)
+        else:
+            columns, numeric = ["Level", "Code", "Message"], {"Code"}
+        packets = build_result_set(columns, rows, self._status(), session.client_caps, numeric=numeric)
+        self._write(b"".join(frame(p, seq + 1 + i) for i, p in enumerate(packets)))
+        return True
 
     async def end_idle_transaction(self) -> None:
         """idle_transaction_timeout: roll the transaction back and give the link to others."""

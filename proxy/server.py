@@ -278,7 +278,7 @@ class ProxyServer:
         if s.pins.keys() == {PIN_NEXT_STATEMENT}:
             # Kept only for a question about its last statement's warnings: not while others wait.
             if client.upstream.pool.waiters or (pool_cfg.pinned_idle_timeout and idle > pool_cfg.pinned_idle_timeout):
-                client.give_up_diagnostics()
+                self.spawn(client.give_up_diagnostics())
         elif pool_cfg.idle_transaction_timeout and PIN_TRANSACTION in s.pins and idle > pool_cfg.idle_transaction_timeout:
             self.spawn(client.end_idle_transaction())
         elif pool_cfg.pinned_idle_timeout and idle > pool_cfg.pinned_idle_timeout:

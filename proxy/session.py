@@ -196,6 +196,9 @@ class Session:
     # The link of an open transaction was lost: nothing of it committed. Every statement fails
     # until the client sends ROLLBACK (as the server would refuse to go on with half of it).
     transaction_lost: str = ""  # why ("" while nothing was lost)
+    # The last statement's warnings, read from its link before that link went to others
+    # (Level, Code, Message rows): SHOW WARNINGS is answered from them until the next statement.
+    kept_warnings: list[list[str | None]] | None = None
     # An error the next statement gets, once: a stall's victim learns its transaction was rolled back.
     pending_error: tuple[int, str] | None = None
     # The session's sql_mode lets backslashes escape in strings; None: the server's default

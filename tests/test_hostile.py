@@ -343,3 +343,24 @@ def test_user_name_with_newline_does_not_forge_a_log_line(proxy_factory: ProxyFa
     p.wait_log("INJECTED")  # the refusal is logged with the name in it ...
     lines = p.log().splitlines()
     assert not [line for line in lines if line.startswith("INJECTED")], "... but never as a line of its own"
+
+
+def test_idle_client_with_warnings_gives_its_link_up_and_keeps_its_warnings(mariadb, proxy_factory: ProxyFactory) -> None:
+    """A client idle after a statement with warnings keeps its link only while nobody waits; when
+    someone does, it reads them first, so its SHOW WARNINGS still answers as direct."""
+    mariadb.sql(f"DROP TABLE IF EXISTS {APP_DB}.hostile_warn")
+    mariadb.sql(f"CREATE TABLE {APP_DB}.hostile_warn (id INT PRIMARY KEY)")
+    mariadb.sql(f"INSERT INTO {APP_DB}.hostile_warn VALUES (1)")
+    p = proxy_factory({"pool": {"max_connections": 1, "queue_timeout": 20}}, log_level="info")
+    idle = p.connect()
+    with idle.cursor() as cur:
+        cur.execute("INSERT IGNORE INTO hostile_warn VALUES (1)")
+    _served(p)  # another client gets the only link while `idle` sits on its warnings
+    with idle.cursor() as cur:
+        cur.execute("SHOW WARNINGS")
+        assert [row[1] for row in cur.fetchall()] == [1062]
+        cur.execute("SHOW COUNT(*) WARNINGS")
+        assert cur.fetchone() == (1,)
+        cur.execute("SELECT COUNT(*) FROM hostile_warn")  # a statement that reads a table clears them
+        cur.execute("SHOW WARNINGS")
+        assert cur.fetchall() == ()  # as on the server
