@@ -1163,6 +1163,9 @@ class ClientConnection(asyncio.Protocol):
                 s = 0
             if PIN_TRANSACTION in self.session.pins:
                 s |= Status.IN_TRANS
+            # Drivers escape strings by this flag of the last OK: without it they write \' for a
+            # quote, and under NO_BACKSLASH_ESCAPES that quote ends the string.
+            s |= Status.NO_BACKSLASH_ESCAPES if self._backslash_escapes(self.session) is False else 0
         return s
 
     async def _roll_back_and_release(self, link: BackendLink) -> None:

@@ -126,8 +126,6 @@ def no_backslash_escapes_status(connect: Connect) -> list[Any]:
     return out
 
 
-@pytest.mark.xfail(strict=True, reason="proxy/frontend.py ClientConnection._status leaves out "
-                   "SERVER_STATUS_NO_BACKSLASH_ESCAPES in the OK packets the proxy writes itself")
 def test_no_backslash_escapes_in_the_proxy_s_own_answers(mariadb: MariaDB,
                                                         proxy_factory: Callable[..., ProxyProcess]) -> None:
     direct = no_backslash_escapes_status(mariadb.connect)
