@@ -103,7 +103,7 @@ _UT_HEADER = re.compile(r"^(?:FAIL|ERROR|UNEXPECTED SUCCESS): (\w+) \(([\w.]+)\)
 # Connector/Python's runner prints the bare id: "cursor.MySQLCursorTests.test_x ... ok", "FAIL: cursor.M...".
 _UT_BARE_LINE = re.compile(r"^([\w]+(?:\.[\w]+)+) \.\.\. (ok|FAIL|ERROR|skipped|expected failure|unexpected success)",
                            re.M)
-_UT_BARE_HEADER = re.compile(r"^(?:FAIL|ERROR|UNEXPECTED SUCCESS): ([\w]+(?:\.[\w]+)+)$", re.M)
+_UT_BARE_HEADER = re.compile(r"^(?:FAIL|ERROR|UNEXPECTED SUCCESS): ([\w]+(?:\.[\w]+)+)(?: \(.*\))?$", re.M)  # (subtest)
 
 
 def _ut_id(name: str, paren: str) -> str:
