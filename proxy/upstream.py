@@ -58,6 +58,11 @@ class Upstream:
         self.backslash_escapes: bool | None = None
         # SET NAMES answers learned from this server (frontend: answered by the proxy from then on).
         self.charset_answers: dict[tuple[object, ...], CharsetAnswer] = {}
+        # The character-set variables the server gave the last link for the handshake collation
+        # links log in with (backend.collation), as read back on it; empty until a link has told.
+        self.link_charset: dict[str, str] = {}
+        # Handshake collation ids the server replaces by another default (see _learn_server).
+        self.remapped: dict[int, tuple[str, str]] = {}
 
     @property
     def name(self) -> str:
@@ -68,11 +73,18 @@ class Upstream:
                                on_idle_death=on_idle_death)
         if link.facts.sql_mode is not None:
             self.backslash_escapes = "NO_BACKSLASH_ESCAPES" not in link.facts.sql_mode.upper()
+        self.link_charset = {n: link.state.variables[n] for n in CHARSET_VARIABLES if n in link.state.variables}
         return link
 
     def charset_variables(self, collation_id: int) -> dict[str, str]:
         """The character-set variables a client's handshake collation sets (as the server would)."""
-        found = self.collations.get(collation_id) or self.collations.get(self.spec.backend.collation)
+        found = self.remapped.get(collation_id) or self.collations.get(collation_id)
+        if (found is None or collation_id == self.spec.backend.collation) and len(self.link_charset) == 4:
+            # What the server itself made of that id on a link: MariaDB 11.2+ turns a character
+            # set's primary collation (utf8mb4_general_ci) into its @@character_set_collations
+            # choice (utf8mb4_uca1400_ai_ci); MySQL and MariaDB 10 keep it.
+            return dict(self.link_charset)
+        found = found or self.collations.get(self.spec.backend.collation)
         if found is None:
             return {}
         charset, collation = found
@@ -85,14 +97,22 @@ class Upstream:
     async def _learn_server(self, link: BackendLink) -> None:
         """On the first link: collation ids, the account's connection limit."""
         link.set_held()
-        collations, grants, limit = await link.exchange([
+        collations, grants, limit, charsets = await link.exchange([
             (Command.QUERY, b"SELECT ID, CHARACTER_SET_NAME, COLLATION_NAME, IS_DEFAULT FROM information_schema.COLLATIONS"),
             (Command.QUERY, b"SHOW GRANTS"),
             (Command.QUERY, b"SELECT @@max_user_connections"),
+            (Command.QUERY, b"SELECT CHARACTER_SET_NAME, DEFAULT_COLLATE_NAME FROM information_schema.CHARACTER_SETS"),
         ])
         rows = collations.rows()
         self.collations = {int(r[0] or 0): (r[1] or "", r[2] or "") for r in rows}
         self.default_collations = {r[1] or "": r[2] or "" for r in rows if (r[3] or "").lower() == "yes"}
+        # MariaDB 11.2+ (@@character_set_collations): a character set it maps to another default
+        # has no IS_DEFAULT collation left, and a handshake naming its primary collation (the
+        # <charset>_general_ci of the Unicode sets mapped by default) gets the mapped one.
+        defaults = {r[0] or "": r[1] or "" for r in charsets.rows()}
+        self.remapped = {i: (cs, defaults[cs]) for i, (cs, name) in self.collations.items()
+                         if cs not in self.default_collations and name == f"{cs}_general_ci"
+                         and defaults.get(cs, name) != name}
         (columns,) = await link.exchange([(Command.QUERY, b"SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE "
                                            b"TABLE_SCHEMA = 'information_schema' AND TABLE_NAME = 'PROCESSLIST' "
                                            b"ORDER BY ORDINAL_POSITION")])
