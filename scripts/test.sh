@@ -168,6 +168,10 @@ else
     say "virtualenv up to date"
 fi
 
+# tests/test_upstream_suites.py runs slices of PyMySQL's and Django's own test suites: their sdists
+# and a virtualenv for each, from PyPI, into ~/.cache/mysql-pool-proxy/upstream (once).
+"$VENV/bin/python" scripts/upstream_suites.py --install-only pymysql django
+
 # The test server (tests/mariadb_server.py): MYSQL_TEST_SERVER=mariadb-10.11 (default, the
 # system package installed above), mariadb-11.8 or mysql-9.7, fetched from Debian's archive into a
 # private cache (scripts/get_server.py; nothing is installed on the system) on first use.
