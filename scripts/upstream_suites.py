@@ -188,24 +188,24 @@ def _pymysql(s: Suite, src: Path, t: Target, tests: list[str], k: list[str], jun
         {**common, "db": "test1", "use_unicode": True, "local_infile": True},
         {**common, "db": "test2"},
     ]))
-    return _pytest(s, tests or s.default_tests, k, s.exclude, junit), {}, src
+    return _pytest(s, tests, k, s.exclude, junit), {}, src
 
 
 def _mysqlclient(s: Suite, src: Path, t: Target, tests: list[str], k: list[str], junit: Path) -> tuple[list[str], dict[str, str], Path]:
     cnf = src / "tests" / f"{t.name}.cnf"  # configdb.py reads the option file TESTDB names
     cnf.write_text(f"[MySQLdb-tests]\nhost = {t.host}\nport = {t.port}\nuser = {USER}\n"
                    f"password = {PASSWORD}\ndatabase = mysqldb_test\ndefault-character-set = utf8mb4\n")
-    return _pytest(s, tests or s.default_tests, k, s.exclude, junit), {"TESTDB": cnf.name}, src
+    return _pytest(s, tests, k, s.exclude, junit), {"TESTDB": cnf.name}, src
 
 
 def _aiomysql(s: Suite, src: Path, t: Target, tests: list[str], k: list[str], junit: Path) -> tuple[list[str], dict[str, str], Path]:
-    cmd = _pytest(s, tests or s.default_tests, k, s.exclude, junit) + [f"--mysql-address=tcp={t.host}:{t.port}"]
+    cmd = _pytest(s, tests, k, s.exclude, junit) + [f"--mysql-address=tcp={t.host}:{t.port}"]
     return cmd, {"MYSQL_ROOT_PASSWORD": PASSWORD}, src
 
 
 def _sqlalchemy(s: Suite, src: Path, t: Target, tests: list[str], k: list[str], junit: Path) -> tuple[list[str], dict[str, str], Path]:
     uri = f"mysql+mysqldb://{USER}:{PASSWORD}@{t.host}:{t.port}/test?charset=utf8mb4"
-    cmd = _pytest(s, tests or s.default_tests, k, s.exclude, junit) + [f"--dburi={uri}", "--maxfail=100000"]
+    cmd = _pytest(s, tests, k, s.exclude, junit) + [f"--dburi={uri}", "--maxfail=100000"]
     return cmd, {}, src
 
 
@@ -233,7 +233,7 @@ unittests.main()
 def _connector(s: Suite, src: Path, t: Target, tests: list[str], k: list[str], junit: Path) -> tuple[list[str], dict[str, str], Path]:
     cmd = [s.python(), "-c", _CONNECTOR_WRAPPER, ",".join(s.exclude), "--use-external-server", "--skip-install",
            f"--host={t.host}", f"--port={t.port}", f"--user={USER}", f"--password={PASSWORD}", "--verbosity=2"]
-    names = tests or s.default_tests
+    names = tests
     if k or names:  # module names as --help-tests lists them (cursor, bugs ...), -k adds patterns
         cmd.append("--test-regex=^(" + "|".join([*(re.escape(n) + "$" for n in names), *k]) + ")")
     return cmd, {}, src
@@ -265,7 +265,7 @@ def _django(s: Suite, src: Path, t: Target, tests: list[str], k: list[str], juni
     settings.write_text(DJANGO_SETTINGS.format(host=t.host, port=t.port, user=USER, password=PASSWORD))
     parallel = os.environ.get("DJANGO_TEST_PARALLEL", "1")
     cmd = [s.python(), "runtests.py", f"--settings={settings.stem}", "--noinput", "-v", "2", f"--parallel={parallel}",
-           *(tests or s.default_tests)]
+           *(tests)]
     for e in k:
         cmd += ["-k", e]
     return cmd, {}, src / "tests"
