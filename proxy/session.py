@@ -28,8 +28,11 @@ log = logging.getLogger("proxy.session")
 CHARSET_VARIABLES = ("character_set_client", "character_set_connection", "character_set_results", "collation_connection")
 _ORDER = {name: i for i, name in enumerate(CHARSET_VARIABLES)}
 
-# Variables whose "back to default" is not SET x = DEFAULT.
-RESET_VALUES = {"last_insert_id": "0"}
+# Variables whose "back to default" is not SET x = DEFAULT. On MySQL 8.0 and 9 (not MariaDB)
+# SET foreign_key_checks = DEFAULT and unique_checks = DEFAULT turn the checks OFF: the next
+# session on the link would write without them.
+RESET_VALUES = {"last_insert_id": "0", "foreign_key_checks": "@@global.foreign_key_checks",
+                "unique_checks": "@@global.unique_checks"}
 
 # Tracked variables the proxy cannot replay safely: they drive the tracking
 # itself or describe a single statement. A change to one pins the session.

@@ -202,3 +202,46 @@ def test_tls_client_leaving_with_close_notify_ends_its_session(tls_server: Maria
     via = leave_with_close_notify(p.connect, tls_server, tls_files.ca)
     assert direct == [("open transactions before", 1), ("open transactions after", 0), ("rows", 0)]
     assert via == direct
+
+
+# -- a session's foreign_key_checks = 0 stays its own ------------------------------------------
+
+
+def checks_off_in_one_session(connect: Connect) -> list[Any]:
+    """A turns foreign_key_checks and unique_checks off (Django does around fixture loading and
+    schema changes) and back on; B writes in between. B's writes are checked as ever. On MySQL 8
+    and 9, SET foreign_key_checks = DEFAULT turns the checks OFF (Django's suite on MySQL 9.7 found
+    it: test_integrity_checks_on_creation passed directly and was skipped through the proxy)."""
+    out: list[Any] = []
+    a, b = connect(), connect()
+    try:
+        with a.cursor() as ca, b.cursor() as cb:
+            ca.execute("DROP TABLE IF EXISTS fk_child")
+            ca.execute("DROP TABLE IF EXISTS fk_parent")
+            ca.execute("CREATE TABLE fk_parent (id INT PRIMARY KEY) ENGINE=InnoDB")
+            ca.execute("CREATE TABLE fk_child (id INT PRIMARY KEY, pid INT, FOREIGN KEY (pid) REFERENCES fk_parent (id))"
+                       " ENGINE=InnoDB")
+            ca.execute("SET foreign_key_checks = 0, unique_checks = 0")
+            out.append(("a, checks off", ask(a, "INSERT INTO fk_child VALUES (1, 999)")))
+            out.append(("b", ask(b, "INSERT INTO fk_child VALUES (2, 999)")))
+            out.append(("b sees", ask(b, "SELECT @@foreign_key_checks, @@unique_checks")))
+            ca.execute("SET foreign_key_checks = 1, unique_checks = 1")
+            out.append(("a, checks on", ask(a, "INSERT INTO fk_child VALUES (3, 999)")))
+            out.append(("b again", ask(b, "INSERT INTO fk_child VALUES (4, 999)")))
+            cb.execute("DROP TABLE fk_child")
+            cb.execute("DROP TABLE fk_parent")
+    finally:
+        a.close()
+        b.close()
+    return out
+
+
+def test_foreign_key_checks_off_stays_in_its_session(mariadb: MariaDB,
+                                                     proxy_factory: Callable[..., ProxyProcess]) -> None:
+    direct = checks_off_in_one_session(mariadb.connect)
+    p = proxy_factory({"pool": {"max_connections": 1}})  # B is served on A's link
+    via = checks_off_in_one_session(p.connect)
+    fk_error = ("error", 1452)
+    assert direct == [("a, checks off", None), ("b", fk_error), ("b sees", (1, 1)), ("a, checks on", fk_error),
+                      ("b again", fk_error)]
+    assert via == direct
