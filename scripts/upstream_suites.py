@@ -390,13 +390,24 @@ def prepare_server(db: MariaDB, suite: Suite) -> None:
     for stmt in suite.setup_sql:
         db.sql(stmt)
     if suite.timezones:  # Django's time-zone tests need the named zones (CONVERT_TZ ... 'Europe/Paris')
-        tzinfo = find_binary("mariadb-tzinfo-to-sql", "mysql_tzinfo_to_sql")
-        client = find_binary("mariadb", "mysql")
-        if not tzinfo or not client:
-            raise SystemExit("mariadb-tzinfo-to-sql / mariadb not found: apt-get install mariadb-server mariadb-client")
+        tzinfo, client = timezone_tools(db)
         sql = subprocess.run([tzinfo, "/usr/share/zoneinfo"], capture_output=True, check=True).stdout
-        subprocess.run([client, "--no-defaults", "-S", db.socket, "-uroot", "mysql"], input=sql,
-                       capture_output=True, check=True)
+        r = subprocess.run([client, "--no-defaults", "-S", db.socket, "-uroot", "mysql"], input=sql, capture_output=True)
+        if r.returncode != 0:
+            raise SystemExit(f"loading the time zones failed: {r.stderr.decode(errors='replace')[-2000:]}")
+
+
+def timezone_tools(db: MariaDB) -> tuple[str, str]:
+    """The server's own tzinfo-to-sql and client (a fetched server's from its prefix: MySQL's differ)."""
+    if db.bins is not None and db.bins.prefix is not None and db.bins.client:
+        for name in ("mariadb-tzinfo-to-sql", "mysql_tzinfo_to_sql"):
+            if (db.bins.prefix / "bin" / name).exists():
+                return str(db.bins.prefix / "bin" / name), db.bins.client
+    tzinfo = find_binary("mariadb-tzinfo-to-sql", "mysql_tzinfo_to_sql")
+    client = find_binary("mariadb", "mysql")
+    if not tzinfo or not client:
+        raise SystemExit("mariadb-tzinfo-to-sql / mariadb not found: apt-get install mariadb-server mariadb-client")
+    return tzinfo, client
 
 
 def server_tls_files(suite: Suite, src: Path) -> tuple[str, str, str] | None:
