@@ -31,6 +31,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -545,6 +546,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--version", dest="versions", action="append", default=[], metavar="SUITE=VERSION",
                     help="another release of a suite's library")
     args = ap.parse_args(argv)
+    # SIGTERM (and SIGINT, which a shell's background job ignores) end a run through its cleanup:
+    # the suite's processes, the proxy and the server go with it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     for spec in args.versions:
         name, _, version = spec.partition("=")
         SUITES[name].version = version
