@@ -573,7 +573,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 bad += len(reread(SUITES[name]).get("only_proxy", []))
                 continue
             result = run_suite(SUITES[name], args)
-            bad += len(result.get("only_proxy", []))
+            timed_out = any(run["timed_out"] for run in result["runs"].values())
+            bad += len(result.get("only_proxy", [])) + result.get("missing", 0) + timed_out
     except ServerError as e:
         raise SystemExit(str(e)) from None
     return 1 if bad else 0
