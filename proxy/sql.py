@@ -228,6 +228,18 @@ _LOAD_LOCAL = _gaps(rb"load (?:data|xml)\b[^;]*?\blocal\b")
 _BEGIN_COMPOUND = _gaps(rb"begin not atomic\b")
 _SETS_LAST_INSERT_ID = _gaps(rb"\blast_insert_id~\(~[^\s\x01)]")
 
+# Leading keyword -> (test of the statement's code, what it finds), the first that matches.
+_LEAD_RULES = {
+    b"unlock": [(_UNLOCK_TABLES.match, Kind.UNLOCK_TABLES)],
+    b"flush": [(_FLUSH_LOCK.search, Kind.LOCK_TABLES)],
+    b"xa": [(_XA_START.match, Kind.XA_START), (_XA_END.match, Kind.XA_END)],
+    b"handler": [(_HANDLER_OPEN.match, Kind.HANDLER_OPEN)],
+    b"show": [(_FOLLOW_UP_SHOW.match, Kind.FOLLOW_UP), (_PROCESSLIST.match, Kind.PROCESSLIST)],
+    b"get": [(_DIAGNOSTICS.match, Kind.FOLLOW_UP)],
+    b"load": [(_LOAD_LOCAL.match, Kind.LOAD_LOCAL)],
+    b"begin": [(_BEGIN_COMPOUND.match, Kind.UNCERTAIN)],  # BEGIN NOT ATOMIC: a compound statement
+}
+
 # Leading keywords of statements that leave nothing the trackers would not report, or whose
 # effects the rules below find. Anything else is UNCERTAIN.
 _KNOWN_LEADS = frozenset(
@@ -378,40 +390,17 @@ def _statement(s: bytes, out: Classified) -> bool:
             kind |= Kind.UNCERTAIN
     elif lead == b"lock":
         kind |= Kind.LOCK_TABLES if _LOCK_TABLES.match(s) else Kind.UNCERTAIN
-    elif lead == b"unlock":
-        if _UNLOCK_TABLES.match(s):
-            kind |= Kind.UNLOCK_TABLES
-    elif lead == b"flush":
-        if _FLUSH_LOCK.search(s):
-            kind |= Kind.LOCK_TABLES
-    elif lead == b"xa":
-        if _XA_START.match(s):
-            kind |= Kind.XA_START
-        elif _XA_END.match(s):
-            kind |= Kind.XA_END
-    elif lead == b"handler":
-        if _HANDLER_OPEN.match(s):
-            kind |= Kind.HANDLER_OPEN
+    elif lead in _LEAD_RULES:
+        for test, found in _LEAD_RULES[lead]:
+            if test(s):
+                kind |= found
+                break
     elif lead == b"kill":
         kind |= Kind.KILL
         k = _KILL.match(s)
         if k:
             out.kill_id = int(k.group(3))
             out.kill_query_only = k.group(2) == b"query"
-    elif lead == b"show":
-        if _FOLLOW_UP_SHOW.match(s):
-            kind |= Kind.FOLLOW_UP
-        elif _PROCESSLIST.match(s):
-            kind |= Kind.PROCESSLIST
-    elif lead == b"get":
-        if _DIAGNOSTICS.match(s):
-            kind |= Kind.FOLLOW_UP
-    elif lead == b"load":
-        if _LOAD_LOCAL.match(s):
-            kind |= Kind.LOAD_LOCAL
-    elif lead == b"begin":
-        if _BEGIN_COMPOUND.match(s):
-            kind |= Kind.UNCERTAIN  # a compound statement: it may do anything
     elif lead == b"savepoint":
         kind |= Kind.SAVEPOINT
     elif lead == b"commit" or lead == b"rollback":
